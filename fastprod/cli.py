@@ -1,0 +1,32 @@
+"""The `fastprod` console script: one sub-command per stage of the recipe.
+
+Each stage module exposes `register(subparsers)`, which adds its sub-command and sets `func`
+(a callable taking the parsed `argparse.Namespace` and returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fastprod.data import prepare, synth
+from fastprod.train import cli as train_cli
+
+STAGES = (synth, prepare, train_cli)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastprod", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for stage in STAGES:
+        stage.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: the synthetic AliProducts generator, dataset preparation (manifest + quarantine) and loaders."""
