@@ -1,0 +1,261 @@
+"""Configuration as data: a dataclass tree loaded from YAML and overridden from the command line.
+
+`load_config(path, overrides)` reads a YAML file into `Config`, applies `key.path=value` overrides
+(values parsed as YAML scalars) and validates every field. Unknown keys and bad values raise
+`ConfigError` naming the dotted key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the dotted key."""
+
+
+@dataclass
+class AugmentConfig:
+    """The recipe's training augmentations (seed sections 1-2): random-sized crop, rotation,
+    horizontal flip, perspective and cutout. A probability of 0 switches one off."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotation_degrees: float = 15.0
+    rotation_p: float = 0.5
+    hflip_p: float = 0.5
+    perspective_distortion: float = 0.3
+    perspective_p: float = 0.3
+    cutout_p: float = 0.5
+    cutout_scale: tuple[float, float] = (0.02, 0.2)
+
+    def __post_init__(self) -> None:
+        for name in ("rotation_p", "hflip_p", "perspective_p", "cutout_p"):
+            _check(0.0 <= getattr(self, name) <= 1.0, name, "must be a probability in [0, 1]")
+        for name in ("crop_scale", "cutout_scale"):
+            lo, hi = getattr(self, name)
+            _check(0.0 < lo <= hi <= 1.0, name, "must be (lo, hi) with 0 < lo <= hi <= 1")
+        _check(0.0 <= self.perspective_distortion <= 1.0, "perspective_distortion", "must be in [0, 1]")
+
+
+@dataclass
+class DataConfig:
+    """Where the prepared dataset lives and how batches are made."""
+
+    manifest: str = ""  # directory written by `fastprod prepare`
+    backend: Literal["pil"] = "pil"
+    image_size: int = 224
+    eval_resize: float = 1.14  # eval: resize the short side to image_size * eval_resize, then center crop
+    batch_size: int = 64  # per data-parallel rank
+    eval_batch_size: int = 128
+    workers: int = 4
+    train_split: str = "train"
+    val_split: str = "val"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.manifest), "manifest", "is required (the --out directory of `fastprod prepare`)")
+        _check(self.image_size >= 16, "image_size", "must be >= 16")
+        _check(self.eval_resize >= 1.0, "eval_resize", "must be >= 1")
+        _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch_size", "must be >= 1")
+        _check(self.workers >= 0, "workers", "must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    """A timm backbone with dropout after global pooling (seed section 2)."""
+
+    name: str = "resnet34"
+    pretrained_file: str | None = None  # local ImageNet weights (.pth/.safetensors); the head is re-initialised
+    drop_rate: float = 0.5
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.drop_rate < 1.0, "drop_rate", "must be in [0, 1)")
+
+
+@dataclass
+class OptimConfig:
+    """SGD with momentum and weight decay 3e-4 (seed sections 1-2)."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 3e-4
+    decay_norm_and_bias: bool = False
+    grad_clip: float = 0.0  # max global grad norm; 0 disables
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+
+
+@dataclass
+class ScheduleConfig:
+    """SGDR warm restarts stepped per iteration: first cycle `cycle_epochs`, each next one x `cycle_mult`."""
+
+    epochs: int = 7
+    cycle_epochs: int = 1
+    cycle_mult: int = 2
+    lr_min: float = 0.0
+    max_steps: int = 0  # stop after this many optimizer steps in total (0: run all epochs); for smoke runs
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "epochs", "must be >= 1")
+        _check(self.cycle_epochs >= 1, "cycle_epochs", "must be >= 1")
+        _check(self.cycle_mult >= 1, "cycle_mult", "must be >= 1")
+        _check(self.lr_min >= 0, "lr_min", "must be >= 0")
+        _check(self.max_steps >= 0, "max_steps", "must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes, how it is checkpointed, and how DeepSpeed runs it."""
+
+    dir: str = "runs/default"
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    zero_stage: int = 0
+    ckpt_every_steps: int = 500
+    keep_checkpoints: int = 2
+    log_every_steps: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
+        _check(self.ckpt_every_steps >= 1, "ckpt_every_steps", "must be >= 1")
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        _check(self.log_every_steps >= 1, "log_every_steps", "must be >= 1")
+
+
+@dataclass
+class Config:
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is not type(None):
+                return _coerce(value, arg, key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{dotted}' (known here: {', '.join(names)})")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}.{err}" if prefix else str(err)) from None
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `a.b=value`; the value is read as a YAML scalar (so `0.1`, `true`, `[1, 2]` work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{text}' is not of the form key.path=value")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read `path` (YAML), apply `key=value` overrides, and return a validated Config."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    tree.setdefault("data", {})
+    return _build(Config, tree)
+
+
+def to_dict(config: Config) -> dict:
+    """The resolved config as plain YAML-safe data (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(config))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,32 @@
+"""`create_loader`: one loader interface over the data backends (`data.backend`).
+
+A loader yields `Batch`es of normalised, channels_last float images on the training device with
+their labels and sample indices (for per-sample state such as O2U weights), shards by
+data-parallel rank, is seeded per epoch, and resumes mid-epoch through `state_dict()`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fastprod.config import DataConfig
+from fastprod.data.loaders.base import Batch, Loader
+from fastprod.data.loaders.pil import PILLoader
+from fastprod.data.manifest import SplitView
+
+BACKENDS = {"pil": PILLoader}
+
+
+def create_loader(
+    split: SplitView, cfg: DataConfig, *, train: bool, rank: int = 0, world: int = 1, seed: int = 0,
+    device: torch.device = torch.device("cpu"), channels_last: bool = True, quarantine_log: Path | None = None,
+) -> Loader:
+    return BACKENDS[cfg.backend](
+        split, cfg, train=train, rank=rank, world=world, seed=seed, device=device,
+        channels_last=channels_last, quarantine_log=quarantine_log,
+    )
+
+
+__all__ = ["Batch", "Loader", "create_loader"]

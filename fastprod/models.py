@@ -1,0 +1,31 @@
+"""`create_model`: a timm backbone with dropout after global pooling and a head sized to the dataset.
+
+Implements the model part of the recipe (seed sections 1, 2 and 5): ResNet34 / ResNeSt / RegNet /
+SENet154 / SEResNeXt from timm, `drop_rate` (0.5) applied to the pooled features before the
+classifier, channels_last memory format, and ImageNet weights loaded offline from a local file
+(the classifier head is re-initialised for the new class count).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+
+from fastprod.config import ModelConfig
+
+
+def create_model(cfg: ModelConfig, num_classes: int) -> torch.nn.Module:
+    if cfg.name not in timm.list_models():
+        raise ValueError(f"model.name: unknown timm model '{cfg.name}'")
+    kwargs: dict = dict(num_classes=num_classes, drop_rate=cfg.drop_rate)
+    if cfg.pretrained_file:
+        weights = Path(cfg.pretrained_file)
+        if not weights.is_file():
+            raise FileNotFoundError(f"model.pretrained_file: no such file: {weights}")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
+    model = timm.create_model(cfg.name, **kwargs)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

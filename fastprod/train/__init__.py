@@ -1,0 +1,1 @@
+"""Training: the DeepSpeed engine loop, checkpoints and metrics."""

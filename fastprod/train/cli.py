@@ -1,0 +1,52 @@
+"""`fastprod train` / `launch/train.py`: load the config, set up the process group, train.
+
+Works under `python`, `torchrun` and `deepspeed` (which appends `--local_rank=N`, ignored here
+because LOCAL_RANK is also in the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fastprod.config import ConfigError, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set optim.lr=0.05 (repeatable)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    from fastprod.train.distributed import init_distributed  # heavy imports after the config is valid
+    from fastprod.train.engine import Trainer
+
+    dist = init_distributed()
+    try:
+        summary = Trainer(cfg, dist).fit()
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if dist.is_main:
+        print(json.dumps(summary, indent=2))
+        print(f"final validation top-1 error: {100 * summary['val_top1_error']:.2f}%")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a model (single process; use deepspeed/torchrun for more)")
+    add_arguments(parser).set_defaults(func=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(description="fastprod training entry point"))
+    return run(parser.parse_args(argv))

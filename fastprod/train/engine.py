@@ -1,0 +1,232 @@
+"""The training loop, in the order of the recipe (seed section 1): a timm backbone trained by SGD
+with SGDR warm restarts through a DeepSpeed engine, snapshots at cycle ends, validation each epoch.
+
+`Trainer.fit()` resumes from the latest checkpoint of the run directory if there is one, mid-epoch,
+and ends with `summary.json` holding the final validation top-1 error.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import warnings
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fastprod.config import Config, ConfigError, save_config
+from fastprod.data.loaders import Batch, Loader, create_loader
+from fastprod.data.manifest import Manifest
+from fastprod.models import create_model
+from fastprod.optim import create_optimizer
+from fastprod.schedule import SGDR
+from fastprod.train.checkpoint import Checkpointer
+from fastprod.train.distributed import Dist, all_reduce
+from fastprod.train.metrics import MetricsLogger
+
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def deepspeed_config(cfg: Config) -> dict:
+    """The DeepSpeed side of the run config: micro-batch, ZeRO stage, clipping, mixed precision."""
+    ds: dict = {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": cfg.run.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+    }
+    if cfg.optim.grad_clip > 0:
+        ds["gradient_clipping"] = cfg.optim.grad_clip
+    if cfg.run.precision in AUTOCAST_DTYPES:
+        # torch.autocast keeps fp32 master weights and BatchNorm in fp32 (DeepSpeed's bf16/fp16
+        # modes cast the whole model, which BatchNorm does not survive); fp16 adds a GradScaler.
+        ds["torch_autocast"] = {"enabled": True, "dtype": AUTOCAST_DTYPES[cfg.run.precision]}
+    return ds
+
+
+class Trainer:
+    def __init__(self, cfg: Config, dist: Dist) -> None:
+        if dist.device.type == "cpu" and cfg.run.precision == "fp16":
+            raise ConfigError("run.precision: fp16 is not supported on CPU (use bf16 or fp32)")
+        self.cfg, self.dist = cfg, dist
+        self.run_dir = Path(cfg.run.dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if dist.is_main:
+            save_config(cfg, self.run_dir / "resolved.yaml")
+        torch.manual_seed(cfg.run.seed)
+
+        self.manifest = Manifest.load(cfg.data.manifest)
+        model = create_model(cfg.model, self.manifest.num_classes).to(dist.device)
+        optimizer = create_optimizer(model, cfg.optim)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(cfg)
+        )
+        loader_args = dict(
+            rank=dist.rank, world=dist.world, seed=cfg.run.seed, device=dist.device,
+            channels_last=cfg.model.channels_last, quarantine_log=self.run_dir / "quarantine_runtime.jsonl",
+        )
+        self.train_loader = create_loader(self.manifest.split(cfg.data.train_split), cfg.data, train=True, **loader_args)
+        self.val_loader = create_loader(self.manifest.split(cfg.data.val_split), cfg.data, train=False, **loader_args)
+
+        self.iters_per_epoch = len(self.train_loader)
+        if self.iters_per_epoch == 0:
+            raise ConfigError(
+                f"data.batch_size: {cfg.data.batch_size} x {dist.world} ranks exceeds the "
+                f"{len(self.manifest.split(cfg.data.train_split))} training images"
+            )
+        self.sgdr = SGDR(cfg.schedule, cfg.optim.lr, self.iters_per_epoch)
+        self.total_steps = cfg.schedule.epochs * self.iters_per_epoch
+        if cfg.schedule.max_steps:
+            self.total_steps = min(self.total_steps, cfg.schedule.max_steps)
+        self.checkpointer = Checkpointer(self.engine, self.run_dir, dist, cfg.run.keep_checkpoints)
+
+        self.step = 0  # optimizer steps taken (skipped non-finite steps included)
+        self.skipped_steps = 0
+        self.dropped_samples = 0
+        self.last_val: dict = {}
+        self.stop_requested = False
+
+    # ---- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step, "skipped_steps": self.skipped_steps, "dropped_samples": self.dropped_samples,
+            "last_val": self.last_val, "loader": self.train_loader.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        self.dropped_samples, self.last_val = state["dropped_samples"], state["last_val"]
+        self.train_loader.load_state_dict(state["loader"])
+
+    def save_checkpoint(self) -> None:
+        self.checkpointer.save(self.step, self.state_dict())
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        state = self.checkpointer.load()
+        if state is not None:
+            self.load_state_dict(state)
+            self._print(f"resumed from {self.checkpointer.latest_tag()} (step {self.step}/{self.total_steps})")
+        summary_path = self.run_dir / "summary.json"
+        if self.step >= self.total_steps and summary_path.exists():
+            self._print(f"run already complete: {summary_path}")
+            return json.loads(summary_path.read_text())
+
+        self.metrics = MetricsLogger(self.run_dir, self.dist.is_main, self.step)
+        self._install_signal_handlers()
+        self.engine.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (self.dist.is_main and self.cfg.run.progress))
+        start, images_seen = time.perf_counter(), 0
+        for epoch in range(self.train_loader.epoch, self.cfg.schedule.epochs):
+            self.train_loader.set_epoch(epoch)
+            bar.set_description(f"epoch {epoch + 1}/{self.cfg.schedule.epochs}")
+            t_data = time.perf_counter()
+            for batch in self.train_loader:
+                data_wait = time.perf_counter() - t_data
+                loss = self.train_step(batch)
+                images_seen += len(batch.labels) * self.dist.world
+                self._after_step(loss, batch, data_wait, time.perf_counter() - t_data, epoch, bar)
+                if self.step >= self.total_steps or self.stop_requested:
+                    break
+                t_data = time.perf_counter()
+            if self.stop_requested:
+                bar.close()
+                self._print(f"stopped by signal at step {self.step}; checkpoint saved, re-run to resume")
+                self.metrics.close()
+                raise SystemExit(143)
+            self.last_val = self.validate()
+            self.metrics.log("val", self.step, epoch=epoch + 1, **self.last_val)
+            self._print(f"epoch {epoch + 1}: val top-1 error {100 * self.last_val['top1_error']:.2f}% "
+                        f"loss {self.last_val['loss']:.4f}", bar)
+            if self.step >= self.total_steps:
+                break
+        bar.close()
+        elapsed = time.perf_counter() - start
+        self.save_checkpoint()
+        self.checkpointer.save_weights(self.checkpointer.final_dir / "model.pt")
+        summary = self._summary(elapsed, images_seen)
+        if self.dist.is_main:
+            summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        self.metrics.close()
+        return summary
+
+    def train_step(self, batch: Batch) -> float | None:
+        """One SGD step; returns the loss, or None when a non-finite loss made every rank skip it."""
+        lr = self.sgdr.lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        logits = self.engine(batch.images)
+        loss = F.cross_entropy(logits.float(), batch.labels)
+        bad, stop = all_reduce([float(not torch.isfinite(loss)), float(self.stop_requested)], self.dist.device,
+                               op=torch.distributed.ReduceOp.MAX)
+        self.stop_requested = bool(stop)
+        if bad:
+            self.skipped_steps += 1
+            warnings.warn(f"step {self.step}: non-finite loss, step skipped ({self.skipped_steps} so far)")
+            return None
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss.item()
+
+    def _after_step(self, loss: float | None, batch: Batch, data_wait: float, step_time: float, epoch: int,
+                    bar: tqdm) -> None:
+        step = self.step
+        self.step += 1
+        self.dropped_samples += batch.dropped
+        img_s = len(batch.labels) * self.dist.world / max(step_time, 1e-9)
+        self.metrics.log("train", self.step, epoch=epoch + 1, loss=float("nan") if loss is None else loss,
+                         lr=self.sgdr.lr(step), img_per_s=img_s, data_wait_s=data_wait, skipped=loss is None)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}" if loss is not None else "skip", lr=f"{self.sgdr.lr(step):.3g}",
+                        img_s=f"{img_s:.0f}", refresh=False)
+        if self.sgdr.is_cycle_end(step):
+            path = self.checkpointer.save_snapshot(self.sgdr.cycle(step))
+            self._print(f"SGDR cycle {self.sgdr.cycle(step)} ended at step {self.step}: snapshot {path}", bar)
+            self.save_checkpoint()
+        elif self.step % self.cfg.run.ckpt_every_steps == 0 or self.stop_requested:
+            self.save_checkpoint()
+
+    @torch.no_grad()
+    def validate(self, loader: Loader | None = None) -> dict:
+        """Top-1 error and mean cross-entropy over the whole split, summed across ranks."""
+        loader = loader or self.val_loader
+        loader.rewind()
+        self.engine.eval()
+        loss_sum, correct, count = 0.0, 0.0, 0.0
+        for batch in loader:
+            logits = self.engine(batch.images).float()
+            loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum").item()
+            correct += (logits.argmax(1) == batch.labels).sum().item()
+            count += len(batch.labels)
+        self.engine.train()
+        loss_sum, correct, count = all_reduce([loss_sum, correct, count], self.dist.device)
+        return {"top1_error": 1 - correct / max(count, 1), "loss": loss_sum / max(count, 1), "images": int(count)}
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _summary(self, elapsed: float, images_seen: int) -> dict:
+        dropped = int(all_reduce([self.dropped_samples], self.dist.device)[0])
+        return {
+            "val_top1_error": self.last_val.get("top1_error"), "val_loss": self.last_val.get("loss"),
+            "val_images": self.last_val.get("images"), "steps": self.step, "epochs": self.cfg.schedule.epochs,
+            "skipped_steps": self.skipped_steps, "quarantined_at_load": dropped,
+            "num_classes": self.manifest.num_classes, "world_size": self.dist.world,
+            "device": str(self.dist.device), "precision": self.cfg.run.precision, "model": self.cfg.model.name,
+            "wall_time_s": round(elapsed, 2), "train_img_per_s": round(images_seen / max(elapsed, 1e-9), 2),
+            "final_weights": str(self.checkpointer.final_dir / "model.pt"),
+        }
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum, frame):
+            self.stop_requested = True
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, request_stop)
+
+    def _print(self, message: str, bar: tqdm | None = None) -> None:
+        if self.dist.is_main:
+            (bar.write if bar is not None else print)(message)
