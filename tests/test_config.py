@@ -1,0 +1,59 @@
+"""Config tree: YAML loading, overrides, and errors that name the bad key."""
+
+import pytest
+
+from fastprod.config import ConfigError, load_config, save_config
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_loads_yaml_and_overrides(tmp_path):
+    path = write(tmp_path, "data: {manifest: m, image_size: 64}\noptim: {lr: 0.2}\n")
+    cfg = load_config(path, ["optim.lr=0.05", "run.precision=bf16", "data.augment.crop_scale=[0.2, 1.0]"])
+    assert cfg.data.image_size == 64 and cfg.optim.lr == 0.05 and cfg.run.precision == "bf16"
+    assert cfg.data.augment.crop_scale == (0.2, 1.0)
+    assert cfg.optim.weight_decay == 3e-4  # recipe default
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(write(tmp_path, "data: {manifest: m}\n"), ["schedule.epochs=3"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+@pytest.mark.parametrize("text, overrides, key", [
+    ("data: {manifest: m}\noptim: {lrr: 0.1}\n", [], "optim.lrr"),
+    ("data: {manifest: m}\n", ["data.augment.hflip=0.5"], "data.augment.hflip"),
+    ("data: {manifest: m}\nbogus: 1\n", [], "bogus"),
+    ("data: {manifest: m}\n", ["optim.lr=-1"], "optim.lr"),
+    ("data: {manifest: m}\n", ["optim.lr=fast"], "optim.lr"),
+    ("data: {manifest: m}\n", ["run.precision=fp8"], "run.precision"),
+    ("data: {manifest: m}\n", ["run.zero_stage=4"], "run.zero_stage"),
+    ("data: {manifest: m}\n", ["data.image_size=64.5"], "data.image_size"),
+    ("data: {manifest: m}\n", ["data.augment.hflip_p=2"], "data.augment.hflip_p"),
+    ("data: {manifest: m}\n", ["model.channels_last=1"], "model.channels_last"),
+    ("data: {image_size: 64}\n", [], "data.manifest"),
+])
+def test_bad_keys_and_values_name_the_key(tmp_path, text, overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), overrides)
+    assert key in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "data: {manifest: [\n"))
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(write(tmp_path, "data: {manifest: m}\n"), ["optim.lr"])
+
+
+def test_shipped_configs_load():
+    for name in ("configs/demo.yaml", "configs/resnet34_aliproducts.yaml"):
+        cfg = load_config(name)
+        assert cfg.model.drop_rate == 0.5 and cfg.schedule.cycle_mult == 2
