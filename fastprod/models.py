@@ -2,8 +2,12 @@
 
 Implements the model part of the recipe (seed sections 1, 2 and 5): ResNet34 / ResNeSt / RegNet /
 SENet154 / SEResNeXt from timm, `drop_rate` (0.5) applied to the pooled features before the
-classifier, channels_last memory format, and ImageNet weights loaded offline from a local file
-(the classifier head is re-initialised for the new class count).
+classifier, and ImageNet weights loaded offline from a local file (the classifier head is
+re-initialised for the new class count).
+
+channels_last comes from the input batches (`model.channels_last` makes the loaders emit them):
+convolutions follow the input's memory format, so activations stay NHWC. The parameters stay
+contiguous, which DeepSpeed's parameter broadcast and ZeRO's flat buffers require.
 """
 
 from __future__ import annotations
@@ -25,7 +29,4 @@ def create_model(cfg: ModelConfig, num_classes: int) -> torch.nn.Module:
         if not weights.is_file():
             raise FileNotFoundError(f"model.pretrained_file: no such file: {weights}")
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
-    model = timm.create_model(cfg.name, **kwargs)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return timm.create_model(cfg.name, **kwargs)
