@@ -1,0 +1,143 @@
+"""The PIL baseline loader: normalisation, labels/indices attached to the right images, sharding,
+worker-independent and resumable batch order, augmentation switches, and load-time quarantine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastprod.config import AugmentConfig, DataConfig
+from fastprod.data.augment import MEAN, STD
+from fastprod.data.loaders import create_loader
+from fastprod.data.manifest import Manifest
+from fastprod.data.prepare import prepare
+
+N, SIZE = 24, 32
+
+
+def colour(i: int) -> tuple[int, int, int]:
+    return (10 * i % 256, 255 - 7 * i, 40 + 5 * i)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Manifest:
+    """N lossless PNGs: image i is a horizontal ramp whose mean colour encodes i; class = i % 3."""
+    root = tmp_path_factory.mktemp("loader")
+    entries = []
+    ramp = np.linspace(-20, 20, SIZE)[None, :, None]
+    for i in range(N):
+        cls = f"{i % 3:05d}"
+        pixels = np.clip(np.array(colour(i))[None, None, :] + ramp, 0, 255).repeat(SIZE, 0).astype(np.uint8)
+        (root / "train" / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / "train" / cls / f"{i:04d}.png")
+        entries.append({"image_id": f"{i:04d}.png", "class_id": cls})
+    (root / "train.json").write_text(json.dumps({"images": entries}))
+    (root / "val.json").write_text(json.dumps({"images": []}))
+    return prepare(root, root / "prepared", workers=1)
+
+
+def config(**augment) -> DataConfig:
+    return DataConfig(manifest="unused", image_size=SIZE, eval_resize=1.0, batch_size=4, eval_batch_size=5,
+                      workers=0, augment=AugmentConfig(**augment))
+
+
+OFF = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), rotation_p=0.0, hflip_p=0.0, perspective_p=0.0,
+           cutout_p=0.0)
+
+
+def collect(loader) -> list:
+    return [(b.images.clone(), b.labels.clone(), b.indices.clone()) for b in loader]
+
+
+def test_eval_batches_are_normalised_and_attached(dataset):
+    split = dataset.split("train")
+    batches = collect(create_loader(split, config(), train=False, channels_last=False))
+    seen = torch.cat([idx for _, _, idx in batches]).tolist()
+    assert seen == list(range(len(split)))  # eval order is the split order, nothing dropped or repeated
+    for images, labels, indices in batches:
+        assert images.dtype == torch.float32 and images.shape[1:] == (3, SIZE, SIZE)
+        for image, label, index in zip(images, labels, indices):
+            i = int(Path(split.paths[index]).stem)
+            assert label == split.labels[index] and split.labels[index] == dataset.class_ids.index(f"{i % 3:05d}")
+            # the ramp is symmetric around the colour, so the mean pixel is the colour itself
+            expected = (np.array(colour(i)) / 255.0 - np.array(MEAN)) / np.array(STD)
+            np.testing.assert_allclose(image.double().mean(dim=(1, 2)).numpy(), expected, atol=0.02)
+
+
+def test_train_order_is_worker_independent_and_resumable(dataset):
+    split = dataset.split("train")
+    cfg = config()
+    loader = create_loader(split, cfg, train=True, seed=5, channels_last=False)
+    loader.set_epoch(2)
+    full = collect(loader)
+    assert len(full) == N // cfg.batch_size
+    with_workers = create_loader(split, DataConfig(**{**cfg.__dict__, "workers": 2}), train=True, seed=5,
+                                 channels_last=False)
+    with_workers.set_epoch(2)
+    for (a, la, ia), (b, lb, ib) in zip(full, collect(with_workers)):
+        assert torch.equal(ia, ib) and torch.equal(la, lb) and torch.equal(a, b)
+    # stop after two batches, restore the state into a new loader, continue
+    first = create_loader(split, cfg, train=True, seed=5, channels_last=False)
+    first.set_epoch(2)
+    it = iter(first)
+    next(it), next(it)
+    resumed = create_loader(split, cfg, train=True, seed=5, channels_last=False)
+    resumed.load_state_dict(first.state_dict())
+    rest = collect(resumed)
+    assert len(rest) == len(full) - 2
+    for (a, _, ia), (b, _, ib) in zip(full[2:], rest):
+        assert torch.equal(ia, ib) and torch.equal(a, b)
+    # another epoch is another order
+    loader.set_epoch(3)
+    assert not torch.equal(torch.cat([i for _, _, i in collect(loader)]), torch.cat([i for _, _, i in full]))
+
+
+def test_ranks_get_disjoint_shards(dataset):
+    split = dataset.split("train")
+    for train in (True, False):
+        shards = [torch.cat([b.indices for b in create_loader(split, config(), train=train, rank=r, world=2)])
+                  for r in range(2)]
+        assert not set(shards[0].tolist()) & set(shards[1].tolist())
+        assert len(shards[0]) == len(shards[1]) if train else len(set(torch.cat(shards).tolist())) == N
+
+
+def test_augmentations_switch_on_and_off(dataset):
+    split = dataset.split("train")
+    reference = collect(create_loader(split, config(), train=False, channels_last=False))
+    plain = collect(create_loader(split, config(**OFF), train=True, channels_last=False))
+    by_index = {int(i): img for imgs, _, idx in reference for img, i in zip(imgs, idx)}
+    for imgs, _, idx in plain:  # every augmentation at probability 0: train view == eval view
+        for img, i in zip(imgs, idx):
+            torch.testing.assert_close(img, by_index[int(i)])
+    for name, on in [("hflip_p", 1.0), ("rotation_p", 1.0), ("perspective_p", 1.0), ("cutout_p", 1.0)]:
+        augmented = collect(create_loader(split, config(**{**OFF, name: on}), train=True, channels_last=False))
+        changed = [not torch.allclose(img, by_index[int(i)], atol=1e-3)
+                   for imgs, _, idx in augmented for img, i in zip(imgs, idx)]
+        assert all(changed), name
+    flipped = collect(create_loader(split, config(**{**OFF, "hflip_p": 1.0}), train=True, channels_last=False))
+    for imgs, _, idx in flipped:
+        for img, i in zip(imgs, idx):
+            torch.testing.assert_close(img, by_index[int(i)].flip(-1))
+
+
+def test_unreadable_image_is_quarantined_and_the_epoch_goes_on(dataset, tmp_path):
+    split = dataset.split("train")
+    victim = Path(split.paths[7])
+    saved = victim.read_bytes()
+    try:
+        victim.write_bytes(saved[: len(saved) // 3])
+        log = tmp_path / "quarantine.jsonl"
+        with pytest.warns(UserWarning, match="quarantined"):
+            batches = list(create_loader(split, config(), train=False, quarantine_log=log))
+        assert sum(b.dropped for b in batches) == 1
+        assert 7 not in torch.cat([b.indices for b in batches]).tolist()
+        assert sum(len(b.indices) for b in batches) == N - 1
+        record = json.loads(log.read_text())
+        assert record["path"] == str(victim) and record["index"] == 7
+    finally:
+        victim.write_bytes(saved)
