@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastprod.data.prepare import prepare
-from fastprod.data.synth import synthesize
+from fastprod.data.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = """
@@ -25,15 +24,6 @@ optim: {{lr: 0.05, weight_decay: 3.0e-4}}
 schedule: {{epochs: 3, cycle_epochs: 1, cycle_mult: 2}}
 run: {{dir: {run_dir}, precision: {precision}, ckpt_every_steps: 2, progress: false}}
 """
-
-
-@pytest.fixture(scope="module")
-def manifest_dir(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("data")
-    synthesize(base / "raw", classes=6, train_images=100, val_per_class=4, noise=0.1, seed=3, size=(40, 40),
-               corrupt=0, workers=1)
-    prepare(base / "raw", base / "prepared", workers=1)
-    return base / "prepared"
 
 
 def write_config(tmp_path: Path, manifest_dir: Path, name: str, workers: int = 0, precision: str = "fp32") -> Path:
@@ -73,11 +63,10 @@ def reference_run(manifest_dir, tmp_path_factory) -> Path:
     return tmp / "ref"
 
 
-def test_single_process_run_writes_everything(reference_run):
+def test_single_process_run_writes_everything(reference_run, manifest_dir):
     summary = json.loads((reference_run / "summary.json").read_text())
-    iters = 100 // 16  # long-tail sizes sum to ~100; see steps below
-    assert summary["world_size"] == 1 and summary["skipped_steps"] == 0
-    assert summary["steps"] == 3 * (summary["steps"] // 3) and summary["steps"] >= 3 * (iters - 1)
+    iters = len(Manifest.load(manifest_dir).split("train")) // 16
+    assert summary["world_size"] == 1 and summary["skipped_steps"] == 0 and summary["steps"] == 3 * iters
     assert 0.0 <= summary["val_top1_error"] <= 1.0 and summary["val_images"] == 6 * 4
     lines = [json.loads(ln) for ln in (reference_run / "metrics.jsonl").read_text().splitlines()]
     train = [ln for ln in lines if ln["kind"] == "train"]

@@ -1,0 +1,50 @@
+"""The train step in-process (gloo, one rank): a non-finite loss skips the step and never reaches
+the weights or a checkpoint; a finite one moves the weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastprod.config import load_config
+from fastprod.data.loaders import Batch
+
+
+@pytest.fixture(scope="module")
+def trainer(manifest_dir, tmp_path_factory):
+    from fastprod.train.distributed import init_distributed
+    from fastprod.train.engine import Trainer
+
+    run_dir = tmp_path_factory.mktemp("engine") / "run"
+    cfg = load_config(None, [f"data.manifest={manifest_dir}", "data.image_size=32", "data.batch_size=8",
+                             "data.workers=0", "model.name=resnet10t", f"run.dir={run_dir}", "run.progress=false"])
+    return Trainer(cfg, init_distributed())
+
+
+def weights(trainer) -> dict:
+    return {k: v.detach().clone() for k, v in trainer.engine.module.state_dict().items()}
+
+
+def test_non_finite_loss_skips_the_step(trainer):
+    batch = next(iter(trainer.train_loader))
+    before = weights(trainer)
+    poisoned = Batch(batch.images.clone(), batch.labels, batch.indices)
+    poisoned.images[0, 0, 0, 0] = float("inf")
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        assert trainer.train_step(poisoned) is None
+    assert trainer.skipped_steps == 1
+    after = weights(trainer)
+    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
+
+    loss = trainer.train_step(batch)
+    assert loss is not None and torch.isfinite(torch.tensor(loss))
+    moved = weights(trainer)
+    assert not torch.equal(moved["fc.weight"], before["fc.weight"])
+
+    trainer.step = 2
+    trainer.save_checkpoint()
+    saved = torch.load(trainer.checkpointer.dir / "step-000000002" / "mp_rank_00_model_states.pt",
+                       map_location="cpu", weights_only=False)["module"]
+    assert all(torch.isfinite(v.float()).all() for v in saved.values())
+    assert torch.load(trainer.checkpointer.dir / "step-000000002" / "trainer_rank0.pt",
+                      weights_only=False)["skipped_steps"] == 1
