@@ -90,6 +90,9 @@ class Trainer:
         self.dropped_samples = 0
         self.last_val: dict = {}
         self.stop_requested = False
+        # BatchNorm statistics move during the forward pass; a skipped step must not keep them
+        self._buffers = list(self.engine.module.buffers())
+        self._buffer_backup = [b.clone() for b in self._buffers]
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -161,12 +164,16 @@ class Trainer:
         lr = self.sgdr.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self._buffers:
+            torch._foreach_copy_(self._buffer_backup, self._buffers)
         logits = self.engine(batch.images)
         loss = F.cross_entropy(logits.float(), batch.labels)
         bad, stop = all_reduce([float(not torch.isfinite(loss)), float(self.stop_requested)], self.dist.device,
                                op=torch.distributed.ReduceOp.MAX)
         self.stop_requested = bool(stop)
         if bad:
+            if self._buffers:
+                torch._foreach_copy_(self._buffers, self._buffer_backup)
             self.skipped_steps += 1
             warnings.warn(f"step {self.step}: non-finite loss, step skipped ({self.skipped_steps} so far)")
             return None
