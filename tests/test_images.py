@@ -29,7 +29,7 @@ def test_probe_reports_size_format_mode(tmp_path):
 
 
 @pytest.mark.parametrize("progressive", [False, True])
-@pytest.mark.parametrize("keep", [0.3, 0.9, 0.99])
+@pytest.mark.parametrize("keep", [0.004, 0.3, 0.9, 0.99])  # 0.004: cut inside the headers
 def test_probe_rejects_truncated_jpeg(tmp_path, progressive, keep):
     data = _jpeg_bytes(_noise(256, 320), progressive=progressive)
     path = tmp_path / "t.jpg"

@@ -57,7 +57,7 @@ def _decoding(path: str | Path) -> Iterator[Image.Image]:
         raise ImageError("too many pixels (decompression bomb)") from None
     except OSError as err:
         message = str(err)
-        if "truncated" in message or "broken data stream" in message:
+        if "truncated" in message.lower() or "broken data stream" in message:
             raise ImageError("truncated") from None
         raise ImageError(f"decode error: {message}" if message else "decode error") from None
     except (SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:  # raised by some plugins

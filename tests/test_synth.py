@@ -1,0 +1,147 @@
+"""The synthetic AliProducts generator: layout, long tail, label noise, special files, determinism."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastprod.data import synth
+from fastprod.data.images import ImageError, load_rgb, probe
+
+ARGS = dict(classes=6, train_images=150, val_per_class=3, noise=0.2, size=(40, 32), corrupt=3)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    return out, synth.synthesize(out, seed=3, workers=2, **ARGS)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _entries(root: Path, split: str) -> list[dict]:
+    return json.loads((root / f"{split}.json").read_text())["images"]
+
+
+def test_layout_and_json_format(dataset):
+    root, summary = dataset
+    train, val = _entries(root, "train"), _entries(root, "val")
+    assert len(train) == ARGS["train_images"] + ARGS["corrupt"]
+    assert len(val) == ARGS["classes"] * ARGS["val_per_class"]
+    ids = [e["image_id"] for e in train + val]
+    assert len(set(ids)) == len(ids)
+    for split, entries in (("train", train), ("val", val)):
+        for e in entries:
+            assert set(e) == {"image_id", "class_id"}
+            assert len(e["class_id"]) == 5 and e["class_id"].isdigit()
+            assert e["image_id"].endswith(".jpg") and e["image_id"][:-4].isdigit()
+            assert (root / split / e["class_id"] / e["image_id"]).is_file()
+    assert {e["class_id"] for e in val} == {f"{c:05d}" for c in range(ARGS["classes"])}
+    on_disk = {p for p in root.rglob("*") if p.is_file()}
+    assert len(on_disk) == summary["files_written"] == len(ids) + 3
+
+
+def test_long_tail(dataset):
+    root, summary = dataset
+    sizes = collections.Counter(e["class_id"] for e in _entries(root, "train"))
+    corrupt_free = synth.long_tail_sizes(ARGS["classes"], ARGS["train_images"], np.random.default_rng(0))
+    assert corrupt_free.sum() == ARGS["train_images"]
+    assert min(sizes.values()) >= 5
+    assert summary["class_size_min"] == 5
+    assert summary["class_size_max"] >= 10 * summary["class_size_min"]
+    bigger = synth.long_tail_sizes(50, 5000, np.random.default_rng(0))
+    assert bigger.sum() == 5000 and bigger.min() == 5 and bigger.max() >= 100
+
+
+def test_label_noise_and_sidecar(dataset):
+    root, summary = dataset
+    noise = json.loads((root / "noise.json").read_text())
+    filed = {e["image_id"]: e["class_id"] for e in _entries(root, "train")}
+    assert len(noise) == summary["noisy"] == round(ARGS["noise"] * ARGS["train_images"])
+    for image_id, labels in noise.items():
+        assert labels["given"] == filed[image_id] != labels["true"]
+        assert (root / "train" / labels["given"] / image_id).is_file()
+    val_ids = {e["image_id"] for e in _entries(root, "val")}
+    assert not val_ids & set(noise)
+
+
+def test_noisy_image_is_drawn_from_its_true_class(tmp_path):
+    """A noisy file's pixels follow the true class's background hue, not the folder's."""
+    out = tmp_path / "ds"
+    synth.synthesize(out, classes=4, train_images=60, val_per_class=2, noise=0.3, seed=0, size=(32, 32), workers=1)
+    styles = synth.class_styles(4, 0)
+    for image_id, labels in json.loads((out / "noise.json").read_text()).items():
+        if styles[int(labels["given"])][0] == styles[int(labels["true"])][0]:
+            continue  # same background hue: not distinguishable by this check
+        corner = np.asarray(load_rgb(out / "train" / labels["given"] / image_id), np.float64)[:4, :4].mean((0, 1))
+        refs = {c: synth._hsv(styles[int(c)][0], 0.35, 0.9) for c in (labels["given"], labels["true"])}
+        dist = {c: np.abs(corner - ref).sum() for c, ref in refs.items()}
+        assert dist[labels["true"]] < dist[labels["given"]], image_id
+
+
+def test_special_files(dataset):
+    root, summary = dataset
+    seen, reasons = collections.Counter(), collections.Counter()
+    for e in _entries(root, "train"):
+        path = root / "train" / e["class_id"] / e["image_id"]
+        try:
+            info = probe(path)
+        except ImageError as err:
+            reasons[str(err)] += 1
+            continue
+        seen[(info.format, info.mode)] += 1
+        w, h = info.width, info.height
+        assert 30 <= w <= 50 and 24 <= h <= 40
+    assert seen[("PNG", "RGBA")] >= 1 and seen[("PNG", "P")] >= 1
+    assert seen[("PNG", "RGBA")] + seen[("PNG", "P")] == summary["alpha_png"] >= 2
+    assert seen[("JPEG", "L")] == 1 and seen[("JPEG", "CMYK")] == 1
+    assert reasons == {"truncated": 2, "zero-byte file": 1}
+    sizes = {probe(root / "val" / e["class_id"] / e["image_id"]).width for e in _entries(root, "val")}
+    assert len(sizes) > 1  # sizes vary around --size
+
+
+def test_deterministic_for_a_seed(dataset, tmp_path):
+    root, _ = dataset
+    again = tmp_path / "again"
+    synth.synthesize(again, seed=3, workers=1, **ARGS)  # another worker count, same bytes
+    assert _files(again) == _files(root)
+    other = tmp_path / "other"
+    synth.synthesize(other, seed=4, workers=2, **ARGS)
+    assert _files(other) != _files(root)
+    assert (other / "train.json").read_bytes() != (root / "train.json").read_bytes()
+
+
+def test_classes_are_distinct_patterns():
+    styles = synth.class_styles(504, 0)
+    assert len(set(styles)) == 504
+    with pytest.raises(ValueError, match="--classes"):
+        synth.class_styles(505, 0)
+
+
+def test_refuses_non_empty_out_and_bad_args(tmp_path):
+    (tmp_path / "x").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        synth.synthesize(tmp_path, classes=3, train_images=30, workers=1)
+    with pytest.raises(ValueError, match="--train-images"):
+        synth.synthesize(tmp_path / "n", classes=10, train_images=20, workers=1)
+
+
+def test_register_parses_cli(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    synth.register(parser.add_subparsers())
+    args = parser.parse_args([
+        "synth", str(tmp_path / "cli"), "--classes", "3", "--train-images", "40", "--val-per-class", "1",
+        "--size", "24x20", "--workers", "1", "--seed", "1",
+    ])
+    assert args.func(args) == 0
+    assert "40 training images" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "val.json").is_file()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["synth", str(tmp_path / "bad"), "--size", "big"])
