@@ -1,0 +1,171 @@
+"""The prepared dataset: the one place that reads and writes what `fastprod prepare` produces.
+
+Dataset ingestion indexes the raw images once, quarantines the unreadable ones and fixes the class
+mapping; training, evaluation and the noise-cleaning stages only ever see this directory:
+
+    DIR/manifest.parquet  path (relative to root), image_id, label (int32, -1 when unlabelled),
+                          class_id, split (train/val/test), width, height, format
+    DIR/classes.json      {"root": "<absolute root>", "class_ids": [...]}; label i <-> class_ids[i]
+    DIR/quarantine.csv    path, split, class_id, reason: files excluded from the manifest
+    DIR/summary.json      counts per split, class sizes, quarantine reasons, formats
+    DIR/class_sizes.png   the class-size distribution (written by prepare)
+
+pyarrow and numpy only: no pandas.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.parquet"
+CLASSES = "classes.json"
+QUARANTINE = "quarantine.csv"
+SUMMARY = "summary.json"
+CLASS_SIZES_PLOT = "class_sizes.png"
+
+SCHEMA = pa.schema([
+    ("path", pa.string()), ("image_id", pa.string()), ("label", pa.int32()), ("class_id", pa.string()),
+    ("split", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()),
+])
+QUARANTINE_COLUMNS = ("path", "split", "class_id", "reason")
+
+
+class DatasetError(ValueError):
+    """A raw dataset or prepared manifest that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class SplitView:
+    """The rows of one split, in manifest order, as the loaders consume them."""
+
+    name: str
+    paths: list[str]  # absolute
+    labels: np.ndarray  # int64, -1 for unlabelled (test) rows
+    image_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: object) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+class Manifest:
+    """A prepared dataset: the image table, the class mapping and the dataset root."""
+
+    def __init__(self, directory: Path, root: Path, class_ids: list[str], table: pa.Table) -> None:
+        self.directory, self.root, self.class_ids, self.table = directory, root, class_ids, table
+        self._views: dict[str, SplitView] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(pc.unique(self.table["split"]).to_pylist())
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def split(self, name: str) -> SplitView:
+        """The rows of split `name`; a split with no rows is an error naming it and the directory."""
+        if name not in self._views:
+            rows = self.table.filter(pc.equal(self.table["split"], name))
+            if rows.num_rows == 0:
+                raise DatasetError(
+                    f"split {name!r} has no images in the manifest at {self.directory} "
+                    f"(splits present: {', '.join(self.splits) or 'none'})"
+                )
+            root = str(self.root)
+            self._views[name] = SplitView(
+                name=name,
+                paths=[os.path.join(root, p) for p in rows["path"].to_pylist()],
+                labels=rows["label"].to_numpy().astype(np.int64),
+                image_ids=rows["image_id"].to_pylist(),
+            )
+        return self._views[name]
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Manifest:
+        """Read a directory written by `fastprod prepare`; a missing or damaged file is a `DatasetError`."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise DatasetError(f"manifest directory {directory} does not exist (run `fastprod prepare ROOT --out {directory}`)")
+        classes_file, manifest_file = directory / CLASSES, directory / MANIFEST
+        try:
+            classes = json.loads(classes_file.read_text())
+            root, class_ids = Path(classes["root"]), list(classes["class_ids"])
+        except FileNotFoundError:
+            raise DatasetError(f"{classes_file} is missing (run `fastprod prepare ROOT --out {directory}`)") from None
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+            raise DatasetError(f"{classes_file} is corrupt: {type(err).__name__}: {err}") from None
+        if not all(isinstance(c, str) for c in class_ids):
+            raise DatasetError(f"{classes_file}: class_ids must be strings")
+        try:
+            table = pq.read_table(manifest_file)
+        except FileNotFoundError:
+            raise DatasetError(f"{manifest_file} is missing (run `fastprod prepare ROOT --out {directory}`)") from None
+        except (pa.ArrowException, OSError) as err:
+            raise DatasetError(f"{manifest_file} is corrupt: {err}") from None
+        missing = [f.name for f in SCHEMA if f.name not in table.column_names]
+        if missing:
+            raise DatasetError(f"{manifest_file} lacks columns {missing}")
+        try:
+            table = table.select(SCHEMA.names).cast(SCHEMA)
+        except (pa.ArrowException, ValueError) as err:
+            raise DatasetError(f"{manifest_file} has wrong column types: {err}") from None
+        labels = table["label"]
+        if table.num_rows and (pc.min(labels).as_py() < -1 or pc.max(labels).as_py() >= len(class_ids)):
+            raise DatasetError(f"{manifest_file}: labels outside [-1, {len(class_ids)}) for the {len(class_ids)} classes in {classes_file}")
+        return cls(directory, root, class_ids, table)
+
+    @classmethod
+    def write(
+        cls, directory: str | Path, *, root: Path, class_ids: list[str], columns: dict[str, list],
+        quarantine: Iterable[dict], summary: dict,
+    ) -> Manifest:
+        """Write manifest.parquet, classes.json, quarantine.csv and summary.json; return the manifest.
+
+        `columns` maps every column of `SCHEMA` to a list of values (one per kept image);
+        `quarantine` yields dicts with the keys of `QUARANTINE_COLUMNS`.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        table = pa.table({name: columns[name] for name in SCHEMA.names}, schema=SCHEMA)
+        _atomic_write(directory / MANIFEST, lambda tmp: pq.write_table(table, tmp))
+        write_json(directory / CLASSES, {"root": str(Path(root).resolve()), "class_ids": list(class_ids)})
+
+        def write_quarantine(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=QUARANTINE_COLUMNS)
+                writer.writeheader()
+                writer.writerows({k: row[k] for k in QUARANTINE_COLUMNS} for row in quarantine)
+
+        _atomic_write(directory / QUARANTINE, write_quarantine)
+        write_json(directory / SUMMARY, summary)
+        return cls.load(directory)
+
+
+def read_quarantine(directory: str | Path) -> list[dict[str, str]]:
+    """The rows of DIR/quarantine.csv (path, split, class_id, reason)."""
+    with open(Path(directory) / QUARANTINE, newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,304 @@
+"""`fastprod prepare ROOT --out DIR`: dataset ingestion and quarantine, the first stage of the recipe.
+
+Indexes an AliProducts release (`train.json`, `val.json`, optional `test.json`, images under
+`<split>/<class_id>/<image_id>`) or a plain folder tree (`ROOT/{train,val}/<class>/<image>` or
+`ROOT/<class>/<image>`), decodes every image once in parallel (`images.probe`), moves the corrupt,
+truncated, empty and missing ones to `quarantine.csv`, fixes the class mapping (sorted class ids of
+train and val) and writes the manifest, a summary and a class-size plot (see `manifest`).
+
+Probe results are cached in `DIR/probe_cache.parquet` by absolute path, size and mtime, so
+re-running on an unchanged root only stats the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import warnings
+import zlib
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from fastprod.data.images import ImageError, probe
+from fastprod.data.manifest import CLASS_SIZES_PLOT, DatasetError, Manifest
+
+PROBE_CACHE = "probe_cache.parquet"
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+_CACHE_SCHEMA = pa.schema([
+    ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("width", pa.int32()),
+    ("height", pa.int32()), ("format", pa.string()), ("mode", pa.string()), ("reason", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One listed image: path relative to the root, image id, class id ("" when unlabelled), split."""
+
+    path: str
+    image_id: str
+    class_id: str
+    split: str
+
+
+# (width, height, format, mode, reason); reason is "" for a readable image.
+ProbeResult = tuple[int, int, str, str, str]
+
+
+def _read_split_json(file: Path, split: str, labelled: bool) -> list[Entry]:
+    """The entries of an AliProducts `<split>.json`; any deviation from the format is a `DatasetError`."""
+    try:
+        doc = json.loads(file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{file}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise DatasetError(f"{file}: cannot be read ({err.strerror})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+        raise DatasetError(f'{file}: expected an object with an "images" list')
+    entries, seen = [], {}
+    for i, item in enumerate(doc["images"]):
+        if not isinstance(item, dict):
+            raise DatasetError(f"{file}: entry {i} is not an object: {item!r:.80}")
+        image_id = item.get("image_id")
+        if not isinstance(image_id, str) or not image_id or image_id in (".", "..") or "/" in image_id or "\\" in image_id:
+            raise DatasetError(f"{file}: entry {i} has no valid image_id (a file name string): {item!r:.80}")
+        class_id = item.get("class_id", "") if labelled else ""
+        if labelled and (not isinstance(class_id, str) or not class_id or "/" in class_id or class_id in (".", "..")):
+            got = f"{type(class_id).__name__} {class_id!r:.40}" if "class_id" in item else "nothing"
+            raise DatasetError(f"{file}: entry {i} ({image_id}): class_id must be a non-empty string, got {got}")
+        path = f"{split}/{class_id}/{image_id}" if labelled else f"{split}/{image_id}"
+        if path in seen:
+            raise DatasetError(f"{file}: entry {i} repeats {path} (first listed at entry {seen[path]})")
+        seen[path] = i
+        entries.append(Entry(path, image_id, class_id, split))
+    return entries
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _scan_class_folders(root: Path, prefix: str, split: str) -> tuple[list[Entry], int]:
+    """Entries of `root/prefix/<class>/<image>`, sorted; also the number of non-image files ignored."""
+    base = root / prefix if prefix else root
+    entries, ignored = [], 0
+    for class_dir in sorted((d for d in os.scandir(base) if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name):
+        for f in sorted(os.scandir(class_dir.path), key=lambda f: f.name):
+            if f.is_file() and _is_image(f.name):
+                rel = f"{prefix}/{class_dir.name}/{f.name}" if prefix else f"{class_dir.name}/{f.name}"
+                entries.append(Entry(rel, f.name, class_dir.name, split))
+            else:
+                ignored += 1
+    return entries, ignored
+
+
+def discover(root: Path) -> tuple[list[Entry], str, int]:
+    """Every listed image under `root`, the layout found ("aliproducts", "split-folders" or "class-folders")
+    and the number of non-image files ignored in folder trees."""
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} does not exist or is not a directory")
+    if (root / "train.json").is_file():
+        entries = _read_split_json(root / "train.json", "train", labelled=True)
+        if (root / "val.json").is_file():
+            entries += _read_split_json(root / "val.json", "val", labelled=True)
+        if (root / "test.json").is_file():
+            entries += _read_split_json(root / "test.json", "test", labelled=False)
+        return entries, "aliproducts", 0
+    if (root / "train").is_dir():
+        entries, ignored = _scan_class_folders(root, "train", "train")
+        if (root / "val").is_dir():
+            val, more = _scan_class_folders(root, "val", "val")
+            entries, ignored = entries + val, ignored + more
+        return entries, "split-folders", ignored
+    entries, ignored = _scan_class_folders(root, "", "train")
+    return entries, "class-folders", ignored
+
+
+def _probe_one(path: str) -> ProbeResult:
+    try:
+        info = probe(path)
+    except ImageError as err:
+        return 0, 0, "", "", str(err)
+    except Exception as err:  # a decoder bug must quarantine one file, not stop a multi-million-file scan
+        return 0, 0, "", "", f"unexpected error: {type(err).__name__}: {err}"
+    return info.width, info.height, info.format, info.mode, ""
+
+
+def _load_cache(file: Path) -> dict[str, tuple[int, int, ProbeResult]]:
+    if not file.is_file():
+        return {}
+    try:
+        rows = pq.read_table(file).cast(_CACHE_SCHEMA).to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as err:
+        warnings.warn(f"ignoring unreadable probe cache {file}: {err}")
+        return {}
+    return {r["path"]: (r["size"], r["mtime_ns"], (r["width"], r["height"], r["format"], r["mode"], r["reason"])) for r in rows}
+
+
+def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int) -> tuple[list[ProbeResult], dict]:
+    """Probe every entry (in parallel, reusing cached results for unchanged files); returns the results in
+    entry order and counts {"probed", "cached", "missing"}. The cache is rewritten for the current files."""
+    cache = _load_cache(cache_file)
+    results: list[ProbeResult | None] = [None] * len(entries)
+    stats: dict[int, tuple[str, int, int]] = {}
+    for i, e in enumerate(entries):
+        path = os.path.join(root, e.path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            results[i] = (0, 0, "", "", "missing file")
+            continue
+        except OSError as err:
+            results[i] = (0, 0, "", "", f"cannot stat: {err.strerror}")
+            continue
+        stats[i] = (path, st.st_size, st.st_mtime_ns)
+        hit = cache.get(path)
+        if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
+            results[i] = hit[2]
+    todo = [i for i in stats if results[i] is None]
+    paths = [stats[i][0] for i in todo]
+    with tqdm(total=len(paths), desc="probe", unit="img", disable=not paths) as bar:
+        if workers <= 1 or len(paths) < 2:
+            probed = (_probe_one(p) for p in paths)
+            for i, result in zip(todo, probed):
+                results[i] = result
+                bar.update()
+        else:
+            with Pool(workers) as pool:
+                chunk = max(1, min(256, len(paths) // (workers * 16)))
+                for i, result in zip(todo, pool.imap(_probe_one, paths, chunksize=chunk)):
+                    results[i] = result
+                    bar.update()
+
+    rows = [(*stats[i], *results[i]) for i in sorted(stats)]
+    table = pa.table({f.name: [r[k] for r in rows] for k, f in enumerate(_CACHE_SCHEMA)}, schema=_CACHE_SCHEMA)
+    tmp = cache_file.with_name(f".{cache_file.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, cache_file)
+    counts = {"probed": len(todo), "cached": len(stats) - len(todo), "missing": len(entries) - len(stats)}
+    return results, counts  # type: ignore[return-value]
+
+
+def hold_out(entries: list[Entry], fraction: float, seed: int) -> list[Entry]:
+    """Move a stratified `fraction` of each class's train entries to val (rounded, at least one left in
+    train), chosen by (seed, class id) so a class's choice does not depend on the other classes."""
+    by_class: dict[str, list[int]] = collections.defaultdict(list)
+    for i, e in enumerate(entries):
+        if e.split == "train":
+            by_class[e.class_id].append(i)
+    moved = set()
+    for class_id, rows in by_class.items():
+        n_val = min(len(rows) - 1, int(np.floor(fraction * len(rows) + 0.5)))
+        rng = np.random.default_rng([seed, zlib.crc32(class_id.encode())])
+        moved.update(rows[j] for j in rng.permutation(len(rows))[:n_val])
+    return [Entry(e.path, e.image_id, e.class_id, "val") if i in moved else e for i, e in enumerate(entries)]
+
+
+def plot_class_sizes(sizes: np.ndarray, file: Path, title: str) -> None:
+    """Sorted training-class sizes on a log axis, and their histogram (headless Agg rendering)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ranked, hist = fig.subplots(1, 2)
+    ranked.plot(np.arange(1, len(sizes) + 1), np.sort(sizes)[::-1], lw=1.5)
+    ranked.set(yscale="log", xlabel="class rank", ylabel="training images", title="class sizes, sorted")
+    positive = sizes[sizes > 0]
+    bins = np.geomspace(1, max(2, positive.max() if positive.size else 2) + 1, 30)
+    hist.hist(positive, bins=bins)
+    hist.set(xscale="log", xlabel="training images per class", ylabel="classes", title="histogram")
+    fig.suptitle(title)
+    fig.savefig(file, dpi=100)
+
+
+def prepare(root: str | Path, out: str | Path, *, workers: int | None = None, val_fraction: float = 0.0, seed: int = 0) -> Manifest:
+    """Index, probe and quarantine the dataset at `root` and write the prepared dataset to `out`."""
+    root, out = Path(root).resolve(), Path(out)
+    if not 0.0 <= val_fraction < 1.0:
+        raise DatasetError(f"--val-fraction must be in [0, 1) (got {val_fraction})")
+    entries, layout, ignored = discover(root)
+    if not entries:
+        raise DatasetError(f"{root}: no images found (expected train.json, or <class>/<image> folders)")
+    out.mkdir(parents=True, exist_ok=True)
+    results, counts = probe_all(root, entries, out / PROBE_CACHE, max(1, workers or os.cpu_count() or 1))
+
+    good = [(e, r) for e, r in zip(entries, results) if not r[4]]
+    quarantine = [{"path": e.path, "split": e.split, "class_id": e.class_id, "reason": r[4]} for e, r in zip(entries, results) if r[4]]
+    if val_fraction > 0:
+        if any(e.split == "val" for e in entries):
+            raise DatasetError(f"{root} already has a val split; --val-fraction is for datasets without one")
+        kept = hold_out([e for e, _ in good], val_fraction, seed)
+        good = [(e, r) for e, (_, r) in zip(kept, good)]
+    if not good:
+        raise DatasetError(f"{root}: all {len(entries)} images are unreadable (see {out / 'quarantine.csv'})")
+
+    class_ids = sorted({e.class_id for e in entries if e.split in ("train", "val")})
+    index = {c: i for i, c in enumerate(class_ids)}
+    columns = {
+        "path": [e.path for e, _ in good], "image_id": [e.image_id for e, _ in good],
+        "label": [index.get(e.class_id, -1) for e, _ in good], "class_id": [e.class_id for e, _ in good],
+        "split": [e.split for e, _ in good], "width": [r[0] for _, r in good], "height": [r[1] for _, r in good],
+        "format": [r[2] for _, r in good],
+    }
+    train_counts = collections.Counter(e.class_id for e, _ in good if e.split == "train")
+    sizes = np.array([train_counts.get(c, 0) for c in class_ids], dtype=np.int64)
+    summary = {
+        "root": str(root), "layout": layout, "classes": len(class_ids),
+        "images": dict(sorted(collections.Counter(e.split for e, _ in good).items())),
+        "class_size": {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())} if sizes.size else {},
+        "classes_without_train_images": int((sizes == 0).sum()),
+        "quarantined": {"total": len(quarantine), "by_reason": dict(collections.Counter(q["reason"] for q in quarantine).most_common())},
+        "formats": dict(collections.Counter(f"{r[2]}/{r[3]}" for _, r in good).most_common()),
+        "probe": counts, "ignored_files": ignored, "val_fraction": val_fraction, "seed": seed,
+    }
+    manifest = Manifest.write(out, root=root, class_ids=class_ids, columns=columns, quarantine=quarantine, summary=summary)
+    if sizes.size:
+        plot_class_sizes(sizes, out / CLASS_SIZES_PLOT, f"{root.name}: {len(class_ids)} classes, {int(sizes.sum())} training images")
+    return manifest
+
+
+def describe(summary: dict) -> str:
+    """A short human summary of summary.json."""
+    images = ", ".join(f"{n} {split}" for split, n in summary["images"].items())
+    size = summary["class_size"]
+    lines = [
+        f"{summary['layout']} dataset at {summary['root']}: {images} images, {summary['classes']} classes",
+        f"train class sizes: min {size.get('min')}, median {size.get('median')}, max {size.get('max')}"
+        + (f" ({summary['classes_without_train_images']} classes without training images)" if summary["classes_without_train_images"] else ""),
+        f"probed {summary['probe']['probed']} files, {summary['probe']['cached']} from the cache",
+        f"quarantined {summary['quarantined']['total']}: "
+        + (", ".join(f"{n} {reason}" for reason, n in summary["quarantined"]["by_reason"].items()) or "none"),
+        "formats: " + ", ".join(f"{n} {fmt}" for fmt, n in summary["formats"].items()),
+    ]
+    if summary["ignored_files"]:
+        lines.append(f"ignored {summary['ignored_files']} non-image files")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        manifest = prepare(args.root, args.out, workers=args.workers, val_fraction=args.val_fraction, seed=args.seed)
+    except DatasetError as err:
+        print(f"fastprod prepare: error: {err}", file=sys.stderr)
+        return 2
+    print(describe(json.loads((manifest.directory / "summary.json").read_text())))
+    print(f"wrote {manifest.directory}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `fastprod prepare ROOT --out DIR ...`."""
+    p = subparsers.add_parser("prepare", help="index, probe and quarantine a dataset; write the manifest")
+    p.add_argument("root", type=Path, help="AliProducts root (train.json, val.json) or a folder tree of classes")
+    p.add_argument("--out", type=Path, required=True, help="directory for the manifest, quarantine list and summary")
+    p.add_argument("--workers", type=int, default=None, help="probe processes (default: all cores)")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this stratified fraction of train as val")
+    p.add_argument("--seed", type=int, default=0, help="seed for --val-fraction")
+    p.set_defaults(func=_run)
