@@ -5,9 +5,8 @@ SENet154 / SEResNeXt from timm, `drop_rate` (0.5) applied to the pooled features
 classifier, and ImageNet weights loaded offline from a local file (the classifier head is
 re-initialised for the new class count).
 
-channels_last comes from the input batches (`model.channels_last` makes the loaders emit them):
-convolutions follow the input's memory format, so activations stay NHWC. The parameters stay
-contiguous, which DeepSpeed's parameter broadcast and ZeRO's flat buffers require.
+The model is built with contiguous parameters, which DeepSpeed's initial parameter broadcast
+requires; the trainer switches it to channels_last afterwards (see `Trainer`).
 """
 
 from __future__ import annotations

@@ -66,6 +66,11 @@ class Trainer:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg)
         )
+        if cfg.model.channels_last and cfg.run.zero_stage == 0:
+            # NHWC weights and activations (1.3x on CPU for resnet18, more on tensor cores). Only after
+            # initialize: DeepSpeed broadcasts parameters as contiguous bytes. ZeRO>=1 keeps parameters
+            # as views of flat buffers, so there only the inputs are channels_last.
+            self.engine.module.to(memory_format=torch.channels_last)
         loader_args = dict(
             rank=dist.rank, world=dist.world, seed=cfg.run.seed, device=dist.device,
             channels_last=cfg.model.channels_last, quarantine_log=self.run_dir / "quarantine_runtime.jsonl",
