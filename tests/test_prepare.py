@@ -1,0 +1,230 @@
+"""Dataset ingestion: the three layouts, quarantine with reasons, wrong JSON, the probe cache, held-out val."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastprod.data.images import load_rgb
+from fastprod.data.manifest import DatasetError, Manifest, read_quarantine
+from fastprod.data.prepare import prepare
+
+
+def _image(path: Path, kind: str = "jpeg", shade: int = 100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.full((20, 24, 3), shade, np.uint8)
+    rgb[5:15, 6:18] = (200, 30, 40)
+    buf = io.BytesIO()
+    if kind == "jpeg":
+        Image.fromarray(rgb).save(buf, "JPEG", quality=90)
+    elif kind == "png":
+        Image.fromarray(rgb).save(buf, "PNG")
+    elif kind == "gray":
+        Image.fromarray(rgb).convert("L").save(buf, "JPEG")
+    elif kind == "cmyk":
+        Image.fromarray(rgb).convert("CMYK").save(buf, "JPEG")
+    elif kind == "rgba":
+        Image.fromarray(np.dstack([rgb, np.full((20, 24), 128, np.uint8)]), "RGBA").save(buf, "PNG")
+    elif kind == "palette":
+        Image.fromarray(rgb).quantize(8).save(buf, "PNG", transparency=0)
+    elif kind == "truncated":
+        big = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(big).save(buf, "JPEG")
+        buf = io.BytesIO(buf.getvalue()[: len(buf.getvalue()) // 2])
+    elif kind == "garbage":
+        buf.write(b"\x00\x01 definitely not an image " * 10)
+    path.write_bytes(buf.getvalue())  # kind == "zero" leaves it empty
+
+
+GOOD = {  # train/<class>/<image_id>: kind
+    "00000/1.jpg": "jpeg", "00000/2.jpg": "rgba", "00000/3.jpg": "palette", "00001/4.jpg": "cmyk",
+    "00001/5.jpg": "gray", "00001/6.jpg": "png",
+}
+BAD = {"00000/7.jpg": "truncated", "00001/8.jpg": "zero", "00001/9.jpg": "garbage", "00000/10.jpg": None}
+REASONS = {"truncated": "truncated", "zero": "zero-byte file", "garbage": "cannot identify image", None: "missing file"}
+
+
+@pytest.fixture()
+def ali_root(tmp_path) -> Path:
+    root = tmp_path / "ali"
+    train = []
+    for rel, kind in {**GOOD, **BAD}.items():
+        class_id, image_id = rel.split("/")
+        if kind is not None:  # None: listed in train.json but absent
+            _image(root / "train" / rel, kind)
+        train.append({"image_id": image_id, "class_id": class_id})
+    _image(root / "val/00000/11.jpg")
+    _image(root / "val/00002/12.jpg")  # a class seen only in val
+    _image(root / "test/13.jpg")
+    (root / "train.json").write_text(json.dumps({"images": train}))
+    (root / "val.json").write_text(json.dumps({"images": [
+        {"image_id": "11.jpg", "class_id": "00000"}, {"image_id": "12.jpg", "class_id": "00002"}]}))
+    (root / "test.json").write_text(json.dumps({"images": [{"image_id": "13.jpg"}]}))
+    return root
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_aliproducts_layout_and_quarantine(ali_root, tmp_path):
+    manifest = prepare(ali_root, tmp_path / "m", workers=1)
+    assert manifest.class_ids == ["00000", "00001", "00002"]
+    assert manifest.root == ali_root.resolve()
+    train = manifest.split("train")
+    assert sorted(Path(p).relative_to(ali_root).as_posix() for p in train.paths) == sorted(f"train/{r}" for r in GOOD)
+    assert {image_id: int(label) for image_id, label in zip(train.image_ids, train.labels)} == {
+        "1.jpg": 0, "2.jpg": 0, "3.jpg": 0, "4.jpg": 1, "5.jpg": 1, "6.jpg": 1}
+    assert manifest.split("val").labels.tolist() == [0, 2]
+    test = manifest.split("test")
+    assert test.labels.tolist() == [-1] and test.paths == [str(ali_root / "test/13.jpg")]
+
+    quarantined = {row["path"]: row for row in read_quarantine(tmp_path / "m")}
+    assert {p: q["reason"] for p, q in quarantined.items()} == {f"train/{r}": REASONS[k] for r, k in BAD.items()}
+    assert all(q["split"] == "train" and q["class_id"] == q["path"].split("/")[1] for q in quarantined.values())
+    assert not set(quarantined) & set(manifest.table["path"].to_pylist())
+
+    formats = dict(zip(manifest.table["image_id"].to_pylist(), manifest.table["format"].to_pylist()))
+    assert formats["2.jpg"] == formats["3.jpg"] == "PNG" and formats["4.jpg"] == "JPEG"
+    for path in train.paths:  # every accepted mode loads as RGB
+        assert load_rgb(path).mode == "RGB"
+
+    summary = _summary(tmp_path / "m")
+    assert summary["images"] == {"test": 1, "train": 6, "val": 2}
+    assert summary["quarantined"]["total"] == 4
+    assert summary["quarantined"]["by_reason"] == {"truncated": 1, "zero-byte file": 1, "cannot identify image": 1, "missing file": 1}
+    assert summary["class_size"] == {"min": 0, "median": 3.0, "max": 3} and summary["classes_without_train_images"] == 1
+    assert summary["formats"]["PNG/RGBA"] == 1 and summary["formats"]["PNG/P"] == 1 and summary["formats"]["JPEG/CMYK"] == 1
+    assert summary["probe"] == {"probed": 12, "cached": 0, "missing": 1}
+    assert (tmp_path / "m" / "class_sizes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_parallel_probe_matches_serial(ali_root, tmp_path):
+    serial = prepare(ali_root, tmp_path / "serial", workers=1)
+    parallel = prepare(ali_root, tmp_path / "parallel", workers=2)
+    assert parallel.table.equals(serial.table)
+    assert read_quarantine(tmp_path / "parallel") == read_quarantine(tmp_path / "serial")
+
+
+def test_probe_cache(ali_root, tmp_path):
+    out = tmp_path / "m"
+    first = prepare(ali_root, out, workers=1)
+    again = prepare(ali_root, out, workers=1)
+    assert _summary(out)["probe"] == {"probed": 0, "cached": 12, "missing": 1}
+    assert again.table.equals(first.table)
+
+    touched = ali_root / "train/00000/1.jpg"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    prepare(ali_root, out, workers=1)
+    assert _summary(out)["probe"] == {"probed": 1, "cached": 11, "missing": 1}
+
+    _image(ali_root / "train/00001/8.jpg")  # the zero-byte file is repaired: re-probed and accepted
+    manifest = prepare(ali_root, out, workers=1)
+    assert _summary(out)["probe"]["probed"] == 1
+    assert "8.jpg" in manifest.split("train").image_ids
+    assert "train/00001/8.jpg" not in {q["path"] for q in read_quarantine(out)}
+
+
+def test_split_folder_tree(tmp_path):
+    root = tmp_path / "tree"
+    _image(root / "train/cat/a.JPG")
+    _image(root / "train/cat/b.jpeg")
+    _image(root / "train/dog/c.png", "png")
+    _image(root / "val/dog/d.Jpg")
+    (root / "train/cat/notes.txt").write_text("not an image")
+    (root / "train/cat/.DS_Store").write_bytes(b"\0")
+    (root / "train/stray.jpg").write_bytes(b"")  # not inside a class folder
+    manifest = prepare(root, tmp_path / "m", workers=1)
+    assert manifest.class_ids == ["cat", "dog"]
+    assert manifest.split("train").image_ids == ["a.JPG", "b.jpeg", "c.png"]
+    assert manifest.split("train").labels.tolist() == [0, 0, 1]
+    assert manifest.split("val").image_ids == ["d.Jpg"] and manifest.split("val").labels.tolist() == [1]
+    summary = _summary(tmp_path / "m")
+    assert summary["layout"] == "split-folders" and summary["ignored_files"] == 2
+
+
+def test_class_folder_tree_with_val_fraction(tmp_path):
+    root = tmp_path / "flat"
+    counts = {"a": 1, "b": 5, "c": 10, "d": 20}
+    for class_id, n in counts.items():
+        for i in range(n):
+            _image(root / class_id / f"{i}.jpg", shade=10 * i)
+    manifest = prepare(root, tmp_path / "m", workers=1, val_fraction=0.2, seed=0)
+    assert _summary(tmp_path / "m")["layout"] == "class-folders"
+    val = collections.Counter(manifest.split("val").labels.tolist())
+    train = collections.Counter(manifest.split("train").labels.tolist())
+    assert [val.get(i, 0) for i in range(4)] == [0, 1, 2, 4]  # round(0.2 n), at least one left in train
+    assert [train[i] for i in range(4)] == [1, 4, 8, 16]
+    assert not set(manifest.split("val").paths) & set(manifest.split("train").paths)
+
+    same = prepare(root, tmp_path / "same", workers=1, val_fraction=0.2, seed=0)
+    other = prepare(root, tmp_path / "other", workers=1, val_fraction=0.2, seed=1)
+    assert same.split("val").paths == manifest.split("val").paths
+    assert other.split("val").paths != manifest.split("val").paths
+
+
+def test_val_fraction_refused_when_val_exists(ali_root, tmp_path):
+    with pytest.raises(DatasetError, match="already has a val split"):
+        prepare(ali_root, tmp_path / "m", workers=1, val_fraction=0.1)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"imgs": []}', 'expected an object with an "images" list'),
+        ('{"images": {"a": 1}}', 'expected an object with an "images" list'),
+        ('{"images": [17]}', "entry 0 is not an object"),
+        ('{"images": [{"image_id": "1.jpg", "class_id": "00000"}, {"class_id": "00000"}]}', "entry 1 has no valid image_id"),
+        ('{"images": [{"image_id": "../1.jpg", "class_id": "00000"}]}', "entry 0 has no valid image_id"),
+        ('{"images": [{"image_id": "1.jpg", "class_id": 3}]}', "entry 0 \\(1.jpg\\): class_id must be a non-empty string, got int 3"),
+        ('{"images": [{"image_id": "1.jpg"}]}', "entry 0 \\(1.jpg\\): class_id must be a non-empty string, got nothing"),
+        ('{"images": [{"image_id": "1.jpg", "class_id": "0"}, {"image_id": "1.jpg", "class_id": "0"}]}',
+         "entry 1 repeats train/0/1.jpg \\(first listed at entry 0\\)"),
+    ],
+)
+def test_wrong_json_names_file_and_problem(ali_root, tmp_path, content, message):
+    (ali_root / "train.json").write_text(content)
+    with pytest.raises(DatasetError, match=message) as err:
+        prepare(ali_root, tmp_path / "m", workers=1)
+    assert str(err.value).startswith(f"{ali_root / 'train.json'}: ")
+
+
+def test_wrong_val_json_is_named(ali_root, tmp_path):
+    (ali_root / "val.json").write_text("[]")
+    with pytest.raises(DatasetError, match="val.json: expected"):
+        prepare(ali_root, tmp_path / "m", workers=1)
+
+
+def test_missing_or_empty_root(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        prepare(tmp_path / "nope", tmp_path / "m")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images found"):
+        prepare(tmp_path / "empty", tmp_path / "m")
+
+
+def test_cli_synth_then_prepare(tmp_path, capsys):
+    from fastprod.cli import main
+
+    data, out = tmp_path / "synth", tmp_path / "prepared"
+    assert main(["synth", str(data), "--classes", "4", "--train-images", "60", "--val-per-class", "2",
+                 "--size", "32x32", "--corrupt", "2", "--workers", "2"]) == 0
+    assert main(["prepare", str(data), "--out", str(out), "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "60 training images" in printed and "quarantined 2: 1 truncated, 1 zero-byte file" in printed
+    manifest = Manifest.load(out)
+    assert len(manifest.split("train")) == 60 and len(manifest.split("val")) == 8 and manifest.num_classes == 4
+    assert sorted(q["reason"] for q in read_quarantine(out)) == ["truncated", "zero-byte file"]
+
+    (data / "train.json").write_text('{"images": [{"image_id": 5, "class_id": "00000"}]}')
+    assert main(["prepare", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("fastprod prepare: error: ") and "train.json: entry 0" in err
