@@ -21,7 +21,7 @@ N, SIZE = 24, 32
 
 
 def colour(i: int) -> tuple[int, int, int]:
-    return (10 * i % 256, 255 - 7 * i, 40 + 5 * i)
+    return (20 + 9 * i, 235 - 7 * i, 40 + 5 * i)  # ramp +-20 stays inside [0, 255]
 
 
 @pytest.fixture(scope="module")
