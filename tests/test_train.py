@@ -139,3 +139,7 @@ def test_config_error_exits_cleanly(manifest_dir, tmp_path):
     done = subprocess.run([sys.executable, "launch/train.py", "--config", str(config), "--set", "optim.lrr=1"],
                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "optim.lrr" in done.stderr
+    missing = subprocess.run([sys.executable, "launch/train.py", "--config", str(config), "--set",
+                              f"data.manifest={tmp_path / 'nowhere'}"], cwd=ROOT, env=env(), capture_output=True,
+                             text=True, timeout=120)
+    assert missing.returncode == 2 and "nowhere" in missing.stderr and "Traceback" not in missing.stderr

@@ -30,11 +30,13 @@ def run(args: argparse.Namespace) -> int:
     from fastprod.train.distributed import init_distributed  # heavy imports after the config is valid
     from fastprod.train.engine import Trainer
 
+    from fastprod.data.manifest import DatasetError
+
     dist = init_distributed()
     try:
         summary = Trainer(cfg, dist).fit()
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+    except (ConfigError, DatasetError) as err:
+        print(f"{'config' if isinstance(err, ConfigError) else 'dataset'} error: {err}", file=sys.stderr)
         return 2
     if dist.is_main:
         print(json.dumps(summary, indent=2))
