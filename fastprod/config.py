@@ -118,6 +118,24 @@ class ScheduleConfig:
 
 
 @dataclass
+class LossConfig:
+    """The training loss (seed sections 2-3): cross entropy or symmetric cross entropy
+    (alpha * CE + beta * RCE, RCE = -A (1 - p_y)), with optional label smoothing.
+    A defaults to ln(1e-4) = -9.21, what the official SCE code's label clamp gives (the paper's text: -4)."""
+
+    name: Literal["ce", "sce"] = "ce"
+    label_smoothing: float = 0.0
+    sce_alpha: float = 1.0
+    sce_beta: float = 1.0
+    sce_A: float = -9.210340371976182
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+        _check(self.sce_alpha >= 0 and self.sce_beta >= 0, "sce_alpha", "sce_alpha and sce_beta must be >= 0")
+        _check(self.sce_A < 0, "sce_A", "must be negative (log of the clamped zero label)")
+
+
+@dataclass
 class RunConfig:
     """Where a run writes, how it is checkpointed, and how DeepSpeed runs it."""
 
@@ -142,6 +160,7 @@ class Config:
     data: DataConfig
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from fastprod.config import Config, ConfigError, save_config
 from fastprod.data.loaders import Batch, Loader, create_loader
 from fastprod.data.manifest import Manifest
+from fastprod.losses import create_loss
 from fastprod.models import create_model
 from fastprod.optim import create_optimizer
 from fastprod.schedule import SGDR
@@ -84,6 +85,7 @@ class Trainer:
                 f"data.batch_size: {cfg.data.batch_size} x {dist.world} ranks exceeds the "
                 f"{len(self.manifest.split(cfg.data.train_split))} training images"
             )
+        self.loss_fn = create_loss(cfg.loss)
         self.sgdr = SGDR(cfg.schedule, cfg.optim.lr, self.iters_per_epoch)
         self.total_steps = cfg.schedule.epochs * self.iters_per_epoch
         if cfg.schedule.max_steps:
@@ -172,7 +174,7 @@ class Trainer:
         if self._buffers:
             torch._foreach_copy_(self._buffer_backup, self._buffers)
         logits = self.engine(batch.images)
-        loss = F.cross_entropy(logits.float(), batch.labels)
+        loss = self.loss_fn(logits, batch.labels).loss
         bad, stop = all_reduce([float(not torch.isfinite(loss)), float(self.stop_requested)], self.dist.device,
                                op=torch.distributed.ReduceOp.MAX)
         self.stop_requested = bool(stop)

@@ -1,0 +1,76 @@
+"""The plain torch losses against torch's own ops and float64 formulas, gradients included."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastprod.config import LossConfig
+from fastprod.losses import create_loss, reference_loss
+from fastprod.losses.reference import A_OFFICIAL, A_PAPER
+
+
+def inputs(b=9, c=13, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, c, generator=g, dtype=torch.float64) * 3
+    target = torch.randint(0, c, (b,), generator=g)
+    weights = torch.rand(b, generator=g, dtype=torch.float64) * 2
+    return logits, target, weights
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.4])
+def test_ce_and_label_smoothing_match_torch(smoothing):
+    logits, target, _ = inputs()
+    target[2] = -100
+    out = reference_loss(logits, target, smoothing=smoothing)
+    expected = F.cross_entropy(logits, target, label_smoothing=smoothing, reduction="none")
+    torch.testing.assert_close(out.per_sample, expected)
+    torch.testing.assert_close(out.loss, F.cross_entropy(logits, target, label_smoothing=smoothing))
+    torch.testing.assert_close(out.ce, F.cross_entropy(logits, target, reduction="none"))
+
+
+@pytest.mark.parametrize("A", [A_OFFICIAL, A_PAPER])
+@pytest.mark.parametrize("alpha, beta", [(0.1, 1.0), (6.0, 0.1)])
+def test_sce_matches_the_clamped_one_hot_formula(A, alpha, beta):
+    logits, target, weights = inputs()
+    out = reference_loss(logits, target, weights=weights, alpha=alpha, beta=beta, A=A)
+    p = logits.softmax(-1)
+    one_hot = F.one_hot(target, logits.shape[1]).double()
+    rce = -(p * one_hot.clamp(min=math.exp(A)).log()).sum(-1)  # the official code's definition
+    ce = -(one_hot * p.log()).sum(-1)
+    expected = weights * (alpha * ce + beta * rce)
+    torch.testing.assert_close(out.per_sample, expected)
+    torch.testing.assert_close(out.loss, expected.mean())
+
+
+@pytest.mark.parametrize("smoothing, beta", [(0.0, 1.0), (0.2, 0.5)])
+def test_gradients(smoothing, beta):
+    logits, target, weights = inputs(b=4, c=5)
+    target[1] = -100
+    logits.requires_grad_(True)
+
+    def f(z):
+        return reference_loss(z, target, weights=weights, smoothing=smoothing, alpha=0.7, beta=beta, A=A_PAPER).loss
+
+    assert torch.autograd.gradcheck(f, (logits,))
+    # closed form without smoothing: (alpha + beta (-A) p_y) (p - onehot) per row, times w / N_valid
+    if smoothing == 0.0:
+        f(logits).backward()
+        p = logits.detach().softmax(-1)
+        valid = target != -100
+        t = target.clamp(min=0)
+        p_y = p.gather(1, t[:, None])
+        closed = (0.7 + beta * (-A_PAPER) * p_y) * (p - F.one_hot(t, 5)) * weights[:, None] / valid.sum()
+        closed[~valid] = 0
+        torch.testing.assert_close(logits.grad, closed)
+
+
+def test_create_loss_from_config():
+    logits, target, _ = inputs()
+    ce = create_loss(LossConfig(name="ce", label_smoothing=0.1))(logits, target)
+    torch.testing.assert_close(ce.loss, F.cross_entropy(logits, target, label_smoothing=0.1))
+    sce = create_loss(LossConfig(name="sce", sce_alpha=0.5, sce_beta=2.0, sce_A=-4.0))(logits, target)
+    p_y = logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
+    torch.testing.assert_close(sce.per_sample, 0.5 * F.cross_entropy(logits, target, reduction="none")
+                               + 2.0 * 4.0 * (1 - p_y))
