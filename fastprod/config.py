@@ -128,6 +128,7 @@ class LossConfig:
     sce_alpha: float = 1.0
     sce_beta: float = 1.0
     sce_A: float = -9.210340371976182
+    impl: Literal["fused", "reference"] = "reference"  # fused: kernels/ (Triton on GPU, chunked torch on CPU)
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")

@@ -31,12 +31,12 @@ def test_non_finite_loss_skips_the_step(trainer):
     poisoned = Batch(batch.images.clone(), batch.labels, batch.indices)
     poisoned.images[0, 0, 0, 0] = float("inf")
     with pytest.warns(UserWarning, match="non-finite loss"):
-        assert trainer.train_step(poisoned) is None
+        assert trainer.train_step(poisoned, 0.1) is None
     assert trainer.skipped_steps == 1
     after = weights(trainer)
     assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics included
 
-    loss = trainer.train_step(batch)
+    loss = trainer.train_step(batch, 0.1)
     assert loss is not None and torch.isfinite(torch.tensor(loss))
     moved = weights(trainer)
     assert not torch.equal(moved["fc.weight"], before["fc.weight"])

@@ -139,7 +139,7 @@ class Trainer:
             t_data = time.perf_counter()
             for batch in self.train_loader:
                 data_wait = time.perf_counter() - t_data
-                loss = self.train_step(batch)
+                loss = self.train_step(batch, self.sgdr.lr(self.step))
                 images_seen += len(batch.labels) * self.dist.world
                 self._after_step(loss, batch, data_wait, time.perf_counter() - t_data, epoch, bar)
                 if self.step >= self.total_steps or self.stop_requested:
@@ -166,9 +166,8 @@ class Trainer:
         self.metrics.close()
         return summary
 
-    def train_step(self, batch: Batch) -> float | None:
-        """One SGD step; returns the loss, or None when a non-finite loss made every rank skip it."""
-        lr = self.sgdr.lr(self.step)
+    def train_step(self, batch: Batch, lr: float) -> float | None:
+        """One SGD step at `lr`; returns the loss, or None when a non-finite loss made every rank skip it."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self._buffers:
