@@ -137,6 +137,19 @@ class LossConfig:
 
 
 @dataclass
+class O2UConfig:
+    """O2U-style per-sample weights from the previous SGDR cycle's normalised loss (seed section 3)."""
+
+    enabled: bool = False
+    warmup_cycles: int = 1  # cycles trained with weight 1 before the scores are used
+    temperature: float = 1.0  # of the sigmoid mapping standardised scores to weights
+
+    def __post_init__(self) -> None:
+        _check(self.warmup_cycles >= 1, "warmup_cycles", "must be >= 1 (the first cycle has no scores yet)")
+        _check(self.temperature > 0, "temperature", "must be > 0")
+
+
+@dataclass
 class RunConfig:
     """Where a run writes, how it is checkpointed, and how DeepSpeed runs it."""
 
@@ -162,6 +175,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    o2u: O2UConfig = field(default_factory=O2UConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -17,10 +18,13 @@ import torch
 from fastprod.data.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's launchers, whether or not it is activated
 TINY = """
 data: {{manifest: {manifest}, image_size: 32, batch_size: 16, eval_batch_size: 64, workers: {workers}}}
 model: {{name: resnet10t, drop_rate: 0.5, channels_last: true}}
 optim: {{lr: 0.05, weight_decay: 3.0e-4}}
+loss: {{name: sce, sce_alpha: 1.0, sce_beta: 0.5}}
+o2u: {{enabled: true, warmup_cycles: 1}}
 schedule: {{epochs: 3, cycle_epochs: 1, cycle_mult: 2}}
 run: {{dir: {run_dir}, precision: {precision}, ckpt_every_steps: 2, progress: false}}
 """
@@ -78,6 +82,10 @@ def test_single_process_run_writes_everything(reference_run, manifest_dir):
     kept = sorted(p.name for p in (reference_run / "checkpoints").glob("step-*"))
     assert len(kept) == 2 and (reference_run / "checkpoints" / "latest").read_text() == kept[-1]
     assert (reference_run / "resolved.yaml").exists() and any((reference_run / "tb").iterdir())
+    o2u = [list(csv.DictReader(open(reference_run / "o2u" / f"cycle-{c}.csv"))) for c in (0, 1)]
+    assert all(len(rows) == len(Manifest.load(manifest_dir).split("train")) for rows in o2u)
+    # each epoch draws distinct samples; drop_last leaves the remainder unscored (weight 1)
+    assert sum(row["score"] != "nan" for row in o2u[0]) == iters * 16
     snapshot = torch.load(reference_run / "snapshots" / "cycle-1.pt", map_location="cpu")
     final = final_weights(reference_run)
     assert all(torch.equal(snapshot[k], final[k]) for k in final)  # last cycle ends with training
@@ -115,19 +123,21 @@ def test_kill_and_resume_matches_uninterrupted(reference_run, manifest_dir, tmp_
 def test_deepspeed_launcher_two_ranks_gloo(manifest_dir, tmp_path):
     config = write_config(tmp_path, manifest_dir, "ds2", workers=1, precision="bf16")
     port = str(29500 + os.getpid() % 1000)
-    launch(["deepspeed", "--num_gpus", "2", "--master_port", port, "launch/train.py", "--config", str(config),
+    launch([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", port, "launch/train.py", "--config", str(config),
             "--set", "data.batch_size=8"])
     summary = json.loads((tmp_path / "ds2" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["precision"] == "bf16"
     assert summary["val_images"] == 6 * 4  # validation shards add up to the whole split
     assert (tmp_path / "ds2" / "final" / "model.pt").exists()
+    rows = list(csv.DictReader(open(tmp_path / "ds2" / "o2u" / "cycle-0.csv")))
+    assert sum(row["score"] != "nan" for row in rows) > len(rows) // 2 + 1  # both ranks' shards were gathered
     for shm in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"):
         shm.unlink(missing_ok=True)
 
 
 def test_torchrun_two_ranks_zero2(manifest_dir, tmp_path):
     config = write_config(tmp_path, manifest_dir, "tr2")
-    launch(["torchrun", "--nproc_per_node", "2", "--master_port", str(30500 + os.getpid() % 1000),
+    launch([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(30500 + os.getpid() % 1000),
             "launch/train.py", "--config", str(config), "--set", "data.batch_size=8", "--set", "run.zero_stage=2",
             "--set", "schedule.max_steps=4"])
     summary = json.loads((tmp_path / "tr2" / "summary.json").read_text())

@@ -56,6 +56,13 @@ def all_reduce(values: list[float], device: torch.device, op: dist.ReduceOp = di
     return t.tolist()
 
 
+def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor across ranks (in place) and return it."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

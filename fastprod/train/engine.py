@@ -23,6 +23,7 @@ from fastprod.data.loaders import Batch, Loader, create_loader
 from fastprod.data.manifest import Manifest
 from fastprod.losses import create_loss
 from fastprod.models import create_model
+from fastprod.recipe.o2u import O2UWeights
 from fastprod.optim import create_optimizer
 from fastprod.schedule import SGDR
 from fastprod.train.checkpoint import Checkpointer
@@ -76,7 +77,8 @@ class Trainer:
             rank=dist.rank, world=dist.world, seed=cfg.run.seed, device=dist.device,
             channels_last=cfg.model.channels_last, quarantine_log=self.run_dir / "quarantine_runtime.jsonl",
         )
-        self.train_loader = create_loader(self.manifest.split(cfg.data.train_split), cfg.data, train=True, **loader_args)
+        self.train_split = self.manifest.split(cfg.data.train_split)
+        self.train_loader = create_loader(self.train_split, cfg.data, train=True, **loader_args)
         self.val_loader = create_loader(self.manifest.split(cfg.data.val_split), cfg.data, train=False, **loader_args)
 
         self.iters_per_epoch = len(self.train_loader)
@@ -86,6 +88,7 @@ class Trainer:
                 f"{len(self.manifest.split(cfg.data.train_split))} training images"
             )
         self.loss_fn = create_loss(cfg.loss)
+        self.o2u = O2UWeights(len(self.train_split), cfg.o2u, dist.device) if cfg.o2u.enabled else None
         self.sgdr = SGDR(cfg.schedule, cfg.optim.lr, self.iters_per_epoch)
         self.total_steps = cfg.schedule.epochs * self.iters_per_epoch
         if cfg.schedule.max_steps:
@@ -106,12 +109,15 @@ class Trainer:
         return {
             "step": self.step, "skipped_steps": self.skipped_steps, "dropped_samples": self.dropped_samples,
             "last_val": self.last_val, "loader": self.train_loader.state_dict(),
+            "o2u": self.o2u.state_dict() if self.o2u else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
         self.dropped_samples, self.last_val = state["dropped_samples"], state["last_val"]
         self.train_loader.load_state_dict(state["loader"])
+        if self.o2u and state["o2u"]:
+            self.o2u.load_state_dict(state["o2u"])
 
     def save_checkpoint(self) -> None:
         self.checkpointer.save(self.step, self.state_dict())
@@ -173,7 +179,8 @@ class Trainer:
         if self._buffers:
             torch._foreach_copy_(self._buffer_backup, self._buffers)
         logits = self.engine(batch.images)
-        loss = self.loss_fn(logits, batch.labels).loss
+        out = self.loss_fn(logits, batch.labels, weights=self.o2u.weights_for(batch.indices) if self.o2u else None)
+        loss = out.loss
         bad, stop = all_reduce([float(not torch.isfinite(loss)), float(self.stop_requested)], self.dist.device,
                                op=torch.distributed.ReduceOp.MAX)
         self.stop_requested = bool(stop)
@@ -185,6 +192,8 @@ class Trainer:
             return None
         self.engine.backward(loss)
         self.engine.step()
+        if self.o2u:
+            self.o2u.record(batch.indices, out.ce)
         return loss.item()
 
     def _after_step(self, loss: float | None, batch: Batch, data_wait: float, step_time: float, epoch: int,
@@ -198,9 +207,17 @@ class Trainer:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}" if loss is not None else "skip", lr=f"{self.sgdr.lr(step):.3g}",
                         img_s=f"{img_s:.0f}", refresh=False)
+        if self.o2u and self.step % self.iters_per_epoch == 0:
+            self.o2u.end_epoch()
         if self.sgdr.is_cycle_end(step):
-            path = self.checkpointer.save_snapshot(self.sgdr.cycle(step))
-            self._print(f"SGDR cycle {self.sgdr.cycle(step)} ended at step {self.step}: snapshot {path}", bar)
+            cycle = self.sgdr.cycle(step)
+            path = self.checkpointer.save_snapshot(cycle)
+            self._print(f"SGDR cycle {cycle} ended at step {self.step}: snapshot {path}", bar)
+            if self.o2u:
+                scores = self.o2u.end_cycle(cycle, self.run_dir / "o2u" if self.dist.is_main else None,
+                                            self.train_split.image_ids, self.train_split.labels)
+                if scores:
+                    self._print(f"O2U scores and next-cycle weights: {scores}", bar)
             self.save_checkpoint()
         elif self.step % self.cfg.run.ckpt_every_steps == 0 or self.stop_requested:
             self.save_checkpoint()
