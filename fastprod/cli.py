@@ -10,9 +10,10 @@ import argparse
 import sys
 
 from fastprod.data import prepare, synth
+from fastprod.recipe import clean
 from fastprod.train import cli as train_cli
 
-STAGES = (synth, prepare, train_cli)
+STAGES = (synth, prepare, train_cli, clean)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,6 +74,7 @@ class ModelConfig:
 
     name: str = "resnet34"
     pretrained_file: str | None = None  # local ImageNet weights (.pth/.safetensors); the head is re-initialised
+    init_from: str | None = None  # all weights from a fastprod weights file (final/model.pt, snapshots/*.pt): finetuning
     drop_rate: float = 0.5
     channels_last: bool = True
 

@@ -164,6 +164,16 @@ class Manifest:
         write_json(directory / SUMMARY, summary)
         return cls.load(directory)
 
+    def subset(self, directory: str | Path, keep: np.ndarray, note: str) -> Manifest:
+        """A prepared dataset at `directory` holding the rows where `keep` (one bool per manifest row)
+        is true, with the same root and class mapping (labels keep their meaning)."""
+        rows = self.table.filter(pa.array(np.asarray(keep, dtype=bool)))
+        splits = rows["split"].to_pylist()
+        summary = {"derived_from": str(self.directory), "note": note,
+                   "images": {s: splits.count(s) for s in sorted(set(splits))}}
+        return Manifest.write(directory, root=self.root, class_ids=self.class_ids, columns=rows.to_pydict(),
+                              quarantine=read_quarantine(self.directory), summary=summary)
+
 
 def read_quarantine(directory: str | Path) -> list[dict[str, str]]:
     """The rows of DIR/quarantine.csv (path, split, class_id, reason)."""

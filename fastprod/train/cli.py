@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from fastprod.config import ConfigError, load_config
+from fastprod.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from fastprod.train.distributed import Dist
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -21,27 +26,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def with_trainer_setup(args: argparse.Namespace, job: Callable[[Config, Dist], dict]) -> int:
+    """Load the config, set up the process group and run `job`; config and dataset errors print one
+    line naming the key or file and exit 2. The main rank prints the job's result as JSON."""
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    from fastprod.train.distributed import init_distributed  # heavy imports after the config is valid
-    from fastprod.train.engine import Trainer
-
-    from fastprod.data.manifest import DatasetError
+    from fastprod.data.manifest import DatasetError  # heavy imports after the config is valid
+    from fastprod.train.distributed import init_distributed
 
     dist = init_distributed()
     try:
-        summary = Trainer(cfg, dist).fit()
+        result = job(cfg, dist)
     except (ConfigError, DatasetError) as err:
         print(f"{'config' if isinstance(err, ConfigError) else 'dataset'} error: {err}", file=sys.stderr)
         return 2
     if dist.is_main:
-        print(json.dumps(summary, indent=2))
-        print(f"final validation top-1 error: {100 * summary['val_top1_error']:.2f}%")
+        print(json.dumps(result, indent=2))
     return 0
+
+
+def train(cfg: Config, dist: Dist) -> dict:
+    from fastprod.train.engine import Trainer
+
+    summary = Trainer(cfg, dist).fit()
+    if dist.is_main:
+        print(f"final validation top-1 error: {100 * summary['val_top1_error']:.2f}%")
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    return with_trainer_setup(args, train)
 
 
 def register(subparsers) -> None:
