@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from fastprod.data import prepare, synth
-from fastprod.recipe import clean
+from fastprod.recipe import clean, ladder
 from fastprod.train import cli as train_cli
 
-STAGES = (synth, prepare, train_cli, clean)
+STAGES = (synth, prepare, train_cli, clean, ladder)
 
 
 def build_parser() -> argparse.ArgumentParser:

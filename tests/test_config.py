@@ -13,10 +13,12 @@ def write(tmp_path, text: str):
 
 def test_loads_yaml_and_overrides(tmp_path):
     path = write(tmp_path, "data: {manifest: m, image_size: 64}\noptim: {lr: 0.2}\n")
-    cfg = load_config(path, ["optim.lr=0.05", "run.precision=bf16", "data.augment.crop_scale=[0.2, 1.0]"])
+    cfg = load_config(path, ["optim.lr=0.05", "run.precision=bf16", "data.augment.crop_scale=[0.2, 1.0]",
+                             "optim.weight_decay=5e-4"])
     assert cfg.data.image_size == 64 and cfg.optim.lr == 0.05 and cfg.run.precision == "bf16"
     assert cfg.data.augment.crop_scale == (0.2, 1.0)
-    assert cfg.optim.weight_decay == 3e-4  # recipe default
+    assert cfg.optim.weight_decay == 5e-4  # YAML 1.1 reads "5e-4" as a string; accepted as a number
+    assert load_config(path).optim.weight_decay == 3e-4  # recipe default
 
 
 def test_resolved_config_round_trips(tmp_path):

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from fastprod.train.distributed import Dist
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
+def add_arguments(parser: argparse.ArgumentParser, default_config: str | None = None) -> argparse.ArgumentParser:
+    parser.add_argument("--config", required=default_config is None, default=default_config,
+                        help="YAML run config (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=0.05 (repeatable)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
