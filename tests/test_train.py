@@ -147,9 +147,9 @@ def test_torchrun_two_ranks_zero2(manifest_dir, tmp_path):
 def test_config_error_exits_cleanly(manifest_dir, tmp_path):
     config = write_config(tmp_path, manifest_dir, "bad")
     done = subprocess.run([sys.executable, "launch/train.py", "--config", str(config), "--set", "optim.lrr=1"],
-                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "optim.lrr" in done.stderr
     missing = subprocess.run([sys.executable, "launch/train.py", "--config", str(config), "--set",
                               f"data.manifest={tmp_path / 'nowhere'}"], cwd=ROOT, env=env(), capture_output=True,
-                             text=True, timeout=120)
+                             text=True, timeout=300)
     assert missing.returncode == 2 and "nowhere" in missing.stderr and "Traceback" not in missing.stderr
