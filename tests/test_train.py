@@ -153,3 +153,19 @@ def test_config_error_exits_cleanly(manifest_dir, tmp_path):
                               f"data.manifest={tmp_path / 'nowhere'}"], cwd=ROOT, env=env(), capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode == 2 and "nowhere" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_sigterm_saves_and_exits(manifest_dir, tmp_path):
+    config = write_config(tmp_path, manifest_dir, "term")
+    run_dir = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "launch/train.py", "--config", str(config), "--set",
+                             "run.ckpt_every_steps=1000"], cwd=ROOT, env=env(), stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while steps_logged(run_dir) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 143 and "stopped by signal" in out
+    tag = (run_dir / "checkpoints" / "latest").read_text()
+    state = torch.load(run_dir / "checkpoints" / tag / "trainer_rank0.pt", weights_only=False)
+    assert state["step"] >= 3 and tag == f"step-{state['step']:09d}"  # saved at the step it stopped on
