@@ -1,0 +1,39 @@
+"""The CPU path of the fused row-wise loss (recipe: SCE / label smoothing / O2U weights in one pass).
+
+The same algebra as the Triton kernel, in torch, a block of rows at a time, so that at most one
+float32 block of rows exists beside the logits (and none when the gradient overwrites float32 logits).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.common import LossParams, grad_coefficients, grad_from_logits_, row_losses, row_weights, safe_target
+
+CHUNK_ELEMENTS = 1 << 21  # rows per block: about 8 MiB of float32 logits
+
+
+def row_loss_torch(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, inv_n: torch.Tensor,
+                   p: LossParams, grad_out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample weighted loss and unweighted CE (accumulation dtype: float32 or wider); when grad_out is
+    given, writes d(mean loss)/d logits into it (it may be `logits` itself)."""
+    n_rows, n_classes = logits.shape
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    w, y = row_weights(target, weights, p, acc), safe_target(target, p)
+    per_sample = torch.empty(n_rows, dtype=acc, device=logits.device)
+    ce = torch.empty_like(per_sample)
+    step = max(1, CHUNK_ELEMENTS // max(n_classes, 1))
+    for r0 in range(0, n_rows, step):
+        rows = slice(r0, r0 + step)
+        in_place = grad_out is not None and grad_out.data_ptr() == logits.data_ptr() and logits.dtype == acc
+        z = logits[rows] if in_place else logits[rows].to(acc, copy=True)
+        lse = torch.logsumexp(z, dim=1)
+        z_y = z.gather(1, y[rows, None]).squeeze(1)
+        sum_z = z.sum(dim=1) if p.smoothing else None
+        per_sample[rows], ce[rows] = row_losses(lse, z_y, sum_z, w[rows], n_classes, p)
+        if grad_out is not None:
+            coefs = grad_coefficients(ce[rows], w[rows], inv_n, n_classes, p)
+            g = grad_from_logits_(z, lse, y[rows], coefs)
+            if not in_place:
+                grad_out[rows].copy_(g)
+    return per_sample, ce
