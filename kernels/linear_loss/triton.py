@@ -1,0 +1,123 @@
+"""The fused classifier head + loss as Triton kernels (GPU path; recipe: the 50,030-class head with SCE,
+label smoothing and O2U weights). Tiles of [BLOCK_B rows, BLOCK_C classes] are computed with tl.dot and
+never stored: the forward writes each tile's row max and sum of exponentials (combined on the host into
+the log-sum-exp), the backward recomputes the tile, turns it into dz (`kernels.common` algebra) and
+atomically adds its shares of dX, dW and db into float32 buffers (as Cut Cross-Entropy does).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCKS = {"BLOCK_B": 64, "BLOCK_C": 128, "BLOCK_D": 64}
+NUM_WARPS = 8
+
+
+@triton.jit
+def _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, n_rows, n_classes, dim, stride_x, stride_w,
+                 HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+                 INPUT_PRECISION: tl.constexpr):
+    acc = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
+    for d0 in range(0, dim, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        xt = tl.load(x_ptr + rows[:, None] * stride_x + ds[None, :],
+                     mask=(rows[:, None] < n_rows) & (ds[None, :] < dim), other=0.0)
+        wt = tl.load(w_ptr + cols[:, None] * stride_w + ds[None, :],
+                     mask=(cols[:, None] < n_classes) & (ds[None, :] < dim), other=0.0)
+        acc = tl.dot(xt, tl.trans(wt), acc, input_precision=INPUT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=cols < n_classes, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def linear_lse_kernel(x_ptr, w_ptr, b_ptr, m_ptr, s_ptr, n_rows, n_classes, dim, stride_x, stride_w,
+                      HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+                      INPUT_PRECISION: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    z = _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, n_rows, n_classes, dim, stride_x, stride_w,
+                     HAS_BIAS, BLOCK_B, BLOCK_C, BLOCK_D, INPUT_PRECISION)
+    z = tl.where(cols[None, :] < n_classes, z, float("-inf"))
+    m = tl.max(z, 1)
+    s = tl.sum(tl.exp(z - m[:, None]), 1)
+    out = tl.program_id(1) * n_rows + rows
+    tl.store(m_ptr + out, m, mask=rows < n_rows)
+    tl.store(s_ptr + out, s, mask=rows < n_rows)
+
+
+@triton.jit
+def linear_grad_kernel(x_ptr, w_ptr, b_ptr, target_ptr, lse_ptr, s_ptr, t_ptr, u_ptr, dx_ptr, dw_ptr, db_ptr,
+                       n_rows, n_classes, dim, stride_x, stride_w,
+                       HAS_BIAS: tl.constexpr, COMPUTE_DX: tl.constexpr, COMPUTE_DW: tl.constexpr,
+                       COMPUTE_DB: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+                       BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rmask = rows < n_rows
+    cmask = cols < n_classes
+    z = _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, n_rows, n_classes, dim, stride_x, stride_w,
+                     HAS_BIAS, BLOCK_B, BLOCK_C, BLOCK_D, INPUT_PRECISION)
+    lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+    s = tl.load(s_ptr + rows, mask=rmask, other=0.0)
+    t = tl.load(t_ptr + rows, mask=rmask, other=0.0)
+    u = tl.load(u_ptr + rows, mask=rmask, other=0.0)
+    y = tl.load(target_ptr + rows, mask=rmask, other=-1)
+    g = s[:, None] * tl.exp(z - lse[:, None]) - u[:, None] - tl.where(cols[None, :] == y[:, None], t[:, None], 0.0)
+    g = tl.where(rmask[:, None] & cmask[None, :], g, 0.0)
+    if COMPUTE_DB:
+        tl.atomic_add(db_ptr + cols, tl.sum(g, 0), mask=cmask)
+    gc = g.to(x_ptr.dtype.element_ty)
+    for d0 in range(0, dim, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        dmask = ds < dim
+        if COMPUTE_DX:
+            wt = tl.load(w_ptr + cols[:, None] * stride_w + ds[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
+            tl.atomic_add(dx_ptr + rows[:, None] * dim + ds[None, :], tl.dot(gc, wt, input_precision=INPUT_PRECISION),
+                          mask=rmask[:, None] & dmask[None, :])
+        if COMPUTE_DW:
+            xt = tl.load(x_ptr + rows[:, None] * stride_x + ds[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+            tl.atomic_add(dw_ptr + cols[:, None] * dim + ds[None, :],
+                          tl.dot(tl.trans(gc), xt, input_precision=INPUT_PRECISION),
+                          mask=cmask[:, None] & dmask[None, :])
+
+
+def _launch_args(x: torch.Tensor, w: torch.Tensor, blocks: dict[str, int]) -> tuple[tuple[int, int], dict]:
+    if x.stride(1) != 1 or w.stride(1) != 1:
+        raise ValueError("the Triton linear loss needs features and weight with contiguous rows")
+    grid = (triton.cdiv(x.shape[0], blocks["BLOCK_B"]), triton.cdiv(w.shape[0], blocks["BLOCK_C"]))
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    return grid, dict(blocks, INPUT_PRECISION=precision, num_warps=NUM_WARPS)
+
+
+def linear_lse_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                      blocks: dict[str, int] = BLOCKS) -> torch.Tensor:
+    """log sum_k exp(x w_k + b_k) per row, float32."""
+    grid, meta = _launch_args(x, w, blocks)
+    m = torch.empty((grid[1], x.shape[0]), dtype=torch.float32, device=x.device)
+    s = torch.empty_like(m)
+    linear_lse_kernel[grid](x, w, w if b is None else b, m, s, x.shape[0], w.shape[0], x.shape[1], x.stride(0),
+                            w.stride(0), HAS_BIAS=b is not None, **meta)
+    return torch.logsumexp(m + torch.log(s), dim=0)
+
+
+def linear_grads_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, target: torch.Tensor,
+                        lse: torch.Tensor, coefs: tuple[torch.Tensor, ...], needs: tuple[bool, bool, bool],
+                        blocks: dict[str, int] = BLOCKS,
+                        ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(dX, dW, db) for dz = s p - t [k == y] - u, accumulated in float32 and returned in the inputs' dtypes."""
+    grid, meta = _launch_args(x, w, blocks)
+    want_db = needs[2] and b is not None
+    dx = torch.zeros(x.shape, dtype=torch.float32, device=x.device) if needs[0] else None
+    dw = torch.zeros(w.shape, dtype=torch.float32, device=x.device) if needs[1] else None
+    db = torch.zeros(w.shape[0], dtype=torch.float32, device=x.device) if want_db else None
+    s, t, u = (c.to(torch.float32).contiguous() for c in coefs)
+    dummy = lse
+    linear_grad_kernel[grid](x, w, w if b is None else b, target, lse.to(torch.float32), s, t, u,
+                             dummy if dx is None else dx, dummy if dw is None else dw, dummy if db is None else db,
+                             x.shape[0], w.shape[0], x.shape[1], x.stride(0), w.stride(0), HAS_BIAS=b is not None,
+                             COMPUTE_DX=needs[0], COMPUTE_DW=needs[1], COMPUTE_DB=want_db, **meta)
+    return (dx.to(x.dtype) if dx is not None else None, dw.to(w.dtype) if dw is not None else None,
+            db.to(b.dtype) if db is not None else None)
