@@ -1,10 +1,10 @@
-"""`create_loss`: the configured training loss (`loss.name`: ce or sce, with label smoothing)."""
+"""`create_loss`: the configured training loss (`loss.name`: ce or sce, with label smoothing;
+`loss.impl`: the plain torch reference or the fused row-wise kernels of `kernels/`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-
 
 from fastprod.config import LossConfig
 from fastprod.losses.reference import LossOutput, reference_loss
@@ -13,8 +13,15 @@ LossFn = Callable[..., LossOutput]
 
 
 def create_loss(cfg: LossConfig) -> LossFn:
-    """A callable `(logits, target, weights=None) -> LossOutput`."""
+    """A callable `(logits, target, weights=None) -> LossOutput`.
+
+    impl="fused" gives `kernels.fused_loss` (Triton on CUDA tensors, chunked torch otherwise), which also
+    takes `inplace_backward=True` from callers that never read the logits after the loss."""
     alpha, beta = (cfg.sce_alpha, cfg.sce_beta) if cfg.name == "sce" else (1.0, 0.0)
+    if cfg.impl == "fused":
+        from kernels import fused_loss
+
+        return partial(fused_loss, smoothing=cfg.label_smoothing, alpha=alpha, beta=beta, A=cfg.sce_A)
     return partial(reference_loss, smoothing=cfg.label_smoothing, alpha=alpha, beta=beta, A=cfg.sce_A)
 
 

@@ -1,0 +1,177 @@
+"""The fused row-wise loss (kernels/row_loss) against the float64 reference: the chunked torch path
+in this process, the Triton kernel under TRITON_INTERPRET=1 in a subprocess (this file run as a
+script, so the interpreter never leaks into other test modules), and the kernel compiled for sm_80/90."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastprod.config import LossConfig
+from fastprod.losses import create_loss
+from fastprod.losses.reference import A_OFFICIAL, A_PAPER, reference_loss
+
+# (rows, classes, smoothing, alpha, beta, A, weighted, ignored rows)
+CASES = [
+    (5, 1003, 0.0, 1.0, 0.0, A_OFFICIAL, False, [2]),
+    (4, 257, 0.1, 1.0, 0.0, A_OFFICIAL, True, []),
+    (6, 999, 0.2, 0.5, 1.0, A_PAPER, True, [0, 5]),
+    (3, 50030, 0.0, 6.0, 0.1, A_OFFICIAL, True, [1]),
+    (2, 100, 0.4, 0.1, 1.0, A_PAPER, True, [0, 1]),
+]
+
+
+def make_case(rows: int, classes: int, weighted: bool, ignored: list[int], seed: int = 0):
+    g = torch.Generator().manual_seed(seed + classes)
+    logits = torch.randn(rows, classes, generator=g, dtype=torch.float64) * 3
+    target = torch.randint(0, classes, (rows,), generator=g)
+    target[ignored] = -100
+    weights = torch.rand(rows, generator=g, dtype=torch.float64) * 2 if weighted else None
+    return logits, target, weights
+
+
+def run_loss(fn, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, **kw):
+    """Loss outputs and the gradient of loss + sum(per_sample * r), which exercises both outputs' backward."""
+    z = logits.clone().requires_grad_()
+    out = fn(z, target, weights=weights, **kw)
+    r = torch.linspace(0.5, 1.5, len(target), dtype=out.per_sample.dtype)
+    (out.loss + (out.per_sample * r).sum()).backward()
+    return out, z.grad
+
+
+def check_against_reference(fn, case, dtype: torch.dtype, tol: float, **extra) -> None:
+    rows, classes, smoothing, alpha, beta, A, weighted, ignored = case
+    logits, target, weights = make_case(rows, classes, weighted, ignored)
+    kw = dict(smoothing=smoothing, alpha=alpha, beta=beta, A=A)
+    ref, ref_grad = run_loss(reference_loss, logits, target, weights, **kw)
+    out, grad = run_loss(fn, logits.to(dtype), target, None if weights is None else weights.to(dtype), **kw, **extra)
+    for name, a, b in [("loss", out.loss, ref.loss), ("per_sample", out.per_sample, ref.per_sample),
+                       ("ce", out.ce, ref.ce), ("grad", grad, ref_grad)]:
+        torch.testing.assert_close(a.double(), b, atol=tol, rtol=tol, msg=lambda m: f"{name} {case}: {m}")
+    assert not out.ce.requires_grad
+    assert torch.all(out.per_sample[ignored] == 0) and torch.all(grad[ignored] == 0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-C{c[1]}-e{c[2]}-b{c[4]}")
+def test_torch_path_matches_reference_in_float64(case):
+    from kernels import fused_loss
+
+    check_against_reference(fused_loss, case, torch.float64, 1e-10)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_torch_path_bf16_logits(inplace):
+    from kernels import fused_loss
+
+    check_against_reference(fused_loss, CASES[2], torch.bfloat16, 5e-2, inplace_backward=inplace)
+
+
+def test_inplace_backward_reuses_the_logits_and_guards_saved_logits():
+    from kernels import fused_loss
+
+    logits, target, weights = make_case(4, 33, True, [1])
+    z = logits.clone().requires_grad_()
+    ref_grad = torch.autograd.grad(reference_loss(z, target, weights=weights, beta=1.0).loss, z)[0]
+    hidden = z * 1.0
+    ptr = hidden.data_ptr()
+    fused_loss(hidden, target, weights=weights, beta=1.0, inplace_backward=True).loss.backward()
+    torch.testing.assert_close(z.grad, ref_grad)
+    assert hidden.data_ptr() == ptr  # the logits now hold the gradient
+    torch.testing.assert_close(hidden.detach(), ref_grad)
+    saved = z.exp()  # exp saves its output for backward: overwriting it must be refused
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        fused_loss(saved, target, inplace_backward=True).loss.backward()
+
+
+def test_no_gradient_buffer_without_grad():
+    from kernels import fused_loss
+
+    logits, target, _ = make_case(3, 50, False, [])
+    before = logits.clone()
+    out = fused_loss(logits, target, inplace_backward=True)
+    assert torch.equal(logits, before) and not out.loss.requires_grad
+
+
+@pytest.mark.parametrize("name, smoothing", [("ce", 0.0), ("sce", 0.1)])
+def test_create_loss_fused_matches_reference(name, smoothing):
+    logits, target, weights = make_case(6, 77, True, [3])
+    cfg = dict(name=name, label_smoothing=smoothing, sce_beta=1.0, sce_A=A_PAPER)
+    ref, ref_grad = run_loss(create_loss(LossConfig(**cfg)), logits, target, weights)
+    out, grad = run_loss(create_loss(LossConfig(**cfg, impl="fused")), logits, target, weights)
+    torch.testing.assert_close(out.loss, ref.loss)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_triton_kernel_in_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"ok {len(CASES) + 1} cases" in proc.stdout
+
+
+ROW_SIGNATURE = {
+    "logits_ptr": "*{t}", "logits_stride": "i64", "grad_ptr": "*{t}", "grad_stride": "i64", "target_ptr": "*i64",
+    "weights_ptr": "*fp32", "inv_n_ptr": "*fp32", "loss_ptr": "*fp32", "ce_ptr": "*fp32", "n_classes": "i32",
+    "ignore_index": "i32", "smoothing": "fp32", "alpha": "fp32", "rce_scale": "fp32",
+    "HAS_WEIGHTS": "constexpr", "COMPUTE_GRAD": "constexpr", "BLOCK": "constexpr",
+}
+
+
+@pytest.mark.parametrize("capability", [80, 90])
+@pytest.mark.parametrize("dtype, grad", [("fp32", True), ("bf16", True), ("fp16", False)])
+def test_triton_kernel_compiles_for_gpu(capability, dtype, grad):
+    from kernels.gpu_compile import compile_for_gpu
+    from kernels.row_loss.triton import launch_config, row_loss_kernel
+
+    block, num_warps = launch_config(50030)
+    signature = {k: v.format(t=dtype) for k, v in ROW_SIGNATURE.items()}
+    kernel = compile_for_gpu(row_loss_kernel, signature, dict(HAS_WEIGHTS=True, COMPUTE_GRAD=grad, BLOCK=block),
+                             capability, num_warps)
+    assert kernel.asm["cubin"] and f".target sm_{capability}" in kernel.asm["ptx"]
+
+
+def poison_allocations() -> None:
+    """Make torch.empty / empty_like return NaN-filled float tensors, so an output element the kernel
+    forgets to write shows up as NaN."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan(t: torch.Tensor) -> torch.Tensor:
+        return t.fill_(math.nan) if t.is_floating_point() else t
+
+    torch.empty = lambda *a, **k: nan(empty(*a, **k))
+    torch.empty_like = lambda *a, **k: nan(empty_like(*a, **k))
+
+
+def interpreter_main() -> None:
+    """Run under TRITON_INTERPRET=1: every case through the Triton kernel in float32, on CPU tensors."""
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    poison_allocations()
+    from kernels import fused_loss
+
+    for case in CASES:
+        check_against_reference(lambda *a, **k: fused_loss(*a, impl="triton", **k), case, torch.float32, 2e-5)
+    # in place, and logits whose rows are strided (a view of a wider buffer), with a NaN-poisoned gradient
+    logits, target, weights = make_case(4, 300, True, [3])
+    wide = torch.full((4, 320), math.nan)
+    z = wide[:, :300]
+    z.copy_(logits)
+    z.requires_grad_()
+    logits.requires_grad_()
+    ref_grad = torch.autograd.grad(reference_loss(logits, target, weights=weights, smoothing=0.1, beta=1.0).loss,
+                                   logits)[0]
+    view = z * 1.0
+    out = fused_loss(view, target, weights=weights.float(), smoothing=0.1, beta=1.0, impl="triton",
+                     inplace_backward=True)
+    out.loss.backward()
+    torch.testing.assert_close(z.grad.double(), ref_grad, atol=2e-6, rtol=1e-5)
+    print(f"ok {len(CASES) + 1} cases")
+
+
+if __name__ == "__main__":
+    interpreter_main()
