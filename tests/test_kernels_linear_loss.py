@@ -1,0 +1,145 @@
+"""The fused head + loss (kernels/linear_loss) against the naive F.linear + reference_loss in float64:
+the class-chunked torch path in this process, the Triton kernels under TRITON_INTERPRET=1 in a
+subprocess (this file run as a script), and both kernels compiled for sm_80/90."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from functools import partial
+
+import pytest
+import torch
+
+from fastprod.losses.reference import A_OFFICIAL, A_PAPER
+from kernels import linear_cross_entropy
+
+# (rows, dim, classes, bias, smoothing, alpha, beta, A, weighted, ignored rows)
+CASES = [
+    (9, 24, 9001, True, 0.0, 1.0, 0.0, A_OFFICIAL, False, [4]),
+    (7, 17, 333, False, 0.1, 1.0, 0.0, A_OFFICIAL, True, []),
+    (13, 40, 4097, True, 0.2, 0.5, 1.0, A_PAPER, True, [0, 12]),
+    (3, 8, 50030, True, 0.0, 6.0, 0.1, A_OFFICIAL, True, [1]),
+]
+
+
+def make_case(rows: int, dim: int, classes: int, bias: bool, weighted: bool, ignored: list[int], seed: int = 0):
+    g = torch.Generator().manual_seed(seed + classes)
+    x = torch.randn(rows, dim, generator=g, dtype=torch.float64)
+    w = torch.randn(classes, dim, generator=g, dtype=torch.float64) * 0.5
+    b = torch.randn(classes, generator=g, dtype=torch.float64) if bias else None
+    target = torch.randint(0, classes, (rows,), generator=g)
+    target[ignored] = -100
+    weights = torch.rand(rows, generator=g, dtype=torch.float64) * 2 if weighted else None
+    return (x, w, b), target, weights
+
+
+def run_linear(fn, params, target, weights, dtype, needs=(True, True, True), **kw):
+    """Outputs and the gradients (features, weight, bias) of loss + sum(per_sample * r)."""
+    leaves = [None if t is None else t.detach().to(dtype).requires_grad_(need) for t, need in zip(params, needs)]
+    out = fn(*leaves, target, weights=None if weights is None else weights.to(dtype), **kw)
+    r = torch.linspace(0.5, 1.5, len(target), dtype=out.per_sample.dtype)
+    (out.loss + (out.per_sample * r).sum()).backward()
+    return out, [None if t is None else t.grad for t in leaves]
+
+
+def check_against_reference(fn, case, dtype: torch.dtype, tol: float, needs=(True, True, True)) -> None:
+    rows, dim, classes, bias, smoothing, alpha, beta, A, weighted, ignored = case
+    params, target, weights = make_case(rows, dim, classes, bias, weighted, ignored)
+    kw = dict(smoothing=smoothing, alpha=alpha, beta=beta, A=A)
+    ref, ref_grads = run_linear(partial(linear_cross_entropy, impl="reference"), params, target, weights,
+                                torch.float64, **kw)
+    out, grads = run_linear(fn, params, target, weights, dtype, needs, **kw)
+    pairs = [("loss", out.loss, ref.loss), ("per_sample", out.per_sample, ref.per_sample), ("ce", out.ce, ref.ce)]
+    pairs += [(name, g, r) for name, g, r, need in zip(("dX", "dW", "db"), grads, ref_grads, needs) if need and r is not None]
+    for name, a, b in pairs:
+        torch.testing.assert_close(a.double(), b, atol=tol, rtol=tol, msg=lambda m: f"{name} {case}: {m}")
+    for g, need in zip(grads, needs):
+        assert need or g is None
+    assert not out.ce.requires_grad and torch.all(out.per_sample[ignored] == 0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-D{c[1]}-C{c[2]}-bias{int(c[3])}-e{c[4]}-b{c[6]}")
+def test_chunked_path_matches_reference_in_float64(case):
+    check_against_reference(partial(linear_cross_entropy, impl="chunked"), case, torch.float64, 1e-9)
+
+
+def test_chunked_path_frozen_weight_float32():
+    check_against_reference(linear_cross_entropy, CASES[2], torch.float32, 1e-4, needs=(True, False, True))
+
+
+def test_reference_impl_is_the_naive_expression():
+    (x, w, b), target, weights = make_case(5, 6, 70, True, True, [2])
+    out = linear_cross_entropy(x, w, b, target, weights=weights, beta=0.1, impl="reference")
+    naive = torch.nn.functional.cross_entropy(x @ w.T + b, target, reduction="none") * weights
+    naive[2] = 0
+    torch.testing.assert_close(out.per_sample[[0, 1, 3, 4]], naive[[0, 1, 3, 4]] + 0.1 * -A_OFFICIAL * (
+        1 - torch.exp(-out.ce[[0, 1, 3, 4]])) * weights[[0, 1, 3, 4]])
+
+
+def test_mixed_dtypes_are_refused():
+    (x, w, b), target, _ = make_case(2, 4, 10, True, False, [])
+    with pytest.raises(ValueError, match="share a dtype"):
+        linear_cross_entropy(x.float(), w, b, target)
+
+
+def test_triton_kernels_in_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"ok {len(CASES) + 1} cases" in proc.stdout
+
+
+COMMON_SIGNATURE = {"n_rows": "i32", "n_classes": "i32", "dim": "i32", "stride_x": "i32", "stride_w": "i32",
+                    "HAS_BIAS": "constexpr", "BLOCK_B": "constexpr", "BLOCK_C": "constexpr", "BLOCK_D": "constexpr",
+                    "INPUT_PRECISION": "constexpr"}
+
+
+@pytest.mark.parametrize("capability", [80, 90])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_triton_kernels_compile_for_gpu(capability, dtype):
+    from kernels.gpu_compile import compile_for_gpu
+    from kernels.linear_loss.triton import BLOCKS, NUM_WARPS, linear_grad_kernel, linear_lse_kernel
+
+    tensors = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": f"*{dtype}"}
+    constexprs = dict(BLOCKS, HAS_BIAS=True, INPUT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+    lse_sig = {**tensors, "m_ptr": "*fp32", "s_ptr": "*fp32", **COMMON_SIGNATURE}
+    grad_sig = {**tensors, "target_ptr": "*i64", **{k: "*fp32" for k in ("lse_ptr", "s_ptr", "t_ptr", "u_ptr",
+                "dx_ptr", "dw_ptr", "db_ptr")}, **COMMON_SIGNATURE, "COMPUTE_DX": "constexpr",
+                "COMPUTE_DW": "constexpr", "COMPUTE_DB": "constexpr"}
+    grad_constexprs = dict(constexprs, COMPUTE_DX=True, COMPUTE_DW=True, COMPUTE_DB=True)
+    for fn, sig, const in [(linear_lse_kernel, lse_sig, constexprs), (linear_grad_kernel, grad_sig, grad_constexprs)]:
+        kernel = compile_for_gpu(fn, sig, const, capability, NUM_WARPS)
+        assert kernel.asm["cubin"] and f".target sm_{capability}" in kernel.asm["ptx"]
+
+
+def interpreter_main() -> None:
+    """Run under TRITON_INTERPRET=1: every case through the Triton kernels in float32 with small tiles,
+    allocations poisoned with NaN so any output element left unwritten fails."""
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    from test_kernels_row_loss import poison_allocations
+
+    from kernels.common import LossParams
+    from kernels.linear_loss.autograd import LinearBackend, LinearLossFunction
+    from kernels.linear_loss.triton import linear_grads_triton, linear_lse_triton
+    from fastprod.losses.reference import LossOutput
+
+    poison_allocations()
+
+    def triton_loss(x, w, b, target, *, weights, smoothing, alpha, beta, A, blocks):
+        backend = LinearBackend(partial(linear_lse_triton, blocks=blocks), partial(linear_grads_triton, blocks=blocks))
+        p = LossParams(smoothing, alpha, beta, A)
+        return LossOutput(*LinearLossFunction.apply(x, w, b, target, weights, p, backend))
+
+    small = {"BLOCK_B": 16, "BLOCK_C": 32, "BLOCK_D": 16}
+    for case in CASES:
+        blocks = dict(small, BLOCK_C=256) if case[2] > 10000 else small
+        check_against_reference(partial(triton_loss, blocks=blocks), case, torch.float32, 2e-5)
+    check_against_reference(partial(triton_loss, blocks=small), CASES[2], torch.float32, 2e-5, needs=(False, True, False))
+    print(f"ok {len(CASES) + 1} cases")
+
+
+if __name__ == "__main__":
+    interpreter_main()
