@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from fastprod.data import prepare, synth
-from fastprod.recipe import clean, ladder
+from fastprod.recipe import clean, ladder, lr_find
 from fastprod.train import cli as train_cli
 
-STAGES = (synth, prepare, train_cli, clean, ladder)
+STAGES = (synth, prepare, train_cli, lr_find, clean, ladder)
 
 
 def build_parser() -> argparse.ArgumentParser:
