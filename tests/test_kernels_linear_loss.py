@@ -24,6 +24,12 @@ CASES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Blocks of 256 classes in the chunked path, so every case spans many blocks (and a partial last one)."""
+    monkeypatch.setattr("kernels.linear_loss.chunked.BLOCK_ELEMENTS", 1024)
+
+
 def make_case(rows: int, dim: int, classes: int, bias: bool, weighted: bool, ignored: list[int], seed: int = 0):
     g = torch.Generator().manual_seed(seed + classes)
     x = torch.randn(rows, dim, generator=g, dtype=torch.float64)

@@ -26,6 +26,12 @@ CASES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Blocks of a few rows in the chunked path (one row for C >= 2000), so every case spans several."""
+    monkeypatch.setattr("kernels.row_loss.chunked.CHUNK_ELEMENTS", 2000)
+
+
 def make_case(rows: int, classes: int, weighted: bool, ignored: list[int], seed: int = 0):
     g = torch.Generator().manual_seed(seed + classes)
     logits = torch.randn(rows, classes, generator=g, dtype=torch.float64) * 3

@@ -11,7 +11,12 @@ import torch
 
 from kernels.common import grad_from_logits_
 
-CLASS_CHUNK = 4096
+BLOCK_ELEMENTS = 1 << 19  # a [B, chunk] float32 block of about 2 MiB (bench/kernels_cpu.py: 13x less than naive)
+
+
+def class_chunk(n_rows: int) -> int:
+    """Classes per block for `n_rows` rows."""
+    return max(256, BLOCK_ELEMENTS // max(n_rows, 1))
 
 
 def _block_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, c0: int, c1: int,
@@ -24,8 +29,9 @@ def linear_lse_torch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -
     """log sum_k exp(x w_k + b_k) per row, in float32 or wider."""
     acc = torch.promote_types(x.dtype, torch.float32)
     lse = torch.full((x.shape[0],), float("-inf"), dtype=acc, device=x.device)
-    for c0 in range(0, w.shape[0], CLASS_CHUNK):
-        lse = torch.logaddexp(lse, torch.logsumexp(_block_logits(x, w, b, c0, c0 + CLASS_CHUNK, acc), dim=1))
+    chunk = class_chunk(x.shape[0])
+    for c0 in range(0, w.shape[0], chunk):
+        lse = torch.logaddexp(lse, torch.logsumexp(_block_logits(x, w, b, c0, c0 + chunk, acc), dim=1))
     return lse
 
 
@@ -37,8 +43,9 @@ def linear_grads_torch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
     dx = torch.zeros(x.shape, dtype=acc, device=x.device) if needs[0] else None
     dw = torch.empty_like(w) if needs[1] else None
     db = torch.empty_like(b) if needs[2] and b is not None else None
-    for c0 in range(0, w.shape[0], CLASS_CHUNK):
-        c1 = min(c0 + CLASS_CHUNK, w.shape[0])
+    chunk = class_chunk(x.shape[0])
+    for c0 in range(0, w.shape[0], chunk):
+        c1 = min(c0 + chunk, w.shape[0])
         g = grad_from_logits_(_block_logits(x, w, b, c0, c1, acc), lse, target, coefs, col_start=c0)
         if db is not None:
             db[c0:c1] = g.sum(dim=0)
