@@ -147,6 +147,7 @@ class O2UConfig:
     enabled: bool = False
     warmup_cycles: int = 1  # cycles trained with weight 1 before the scores are used
     temperature: float = 1.0  # of the sigmoid mapping standardised scores to weights
+    per_class: bool = True  # score relative to the sample's class mean, so rare (hard) classes are not down-weighted
 
     def __post_init__(self) -> None:
         _check(self.warmup_cycles >= 1, "warmup_cycles", "must be >= 1 (the first cycle has no scores yet)")

@@ -23,7 +23,8 @@ def feed(o2u: O2UWeights, losses: np.ndarray, batch: int = 3) -> None:
 def test_scores_and_weights_follow_the_formulas(tmp_path):
     rng = np.random.default_rng(0)
     epochs = [rng.gamma(2.0, 1.0, size=10).astype(np.float32) for _ in range(3)]
-    o2u = O2UWeights(10, O2UConfig(enabled=True, warmup_cycles=1, temperature=0.5), torch.device("cpu"))
+    o2u = O2UWeights(10, O2UConfig(enabled=True, warmup_cycles=1, temperature=0.5, per_class=False),
+                     torch.device("cpu"))
     assert torch.equal(o2u.weights_for(torch.arange(10)), torch.ones(10))
     for losses in epochs:
         feed(o2u, losses)
@@ -42,6 +43,22 @@ def test_scores_and_weights_follow_the_formulas(tmp_path):
     assert [r["image_id"] for r in rows] == ids
     np.testing.assert_allclose([float(r["score"]) for r in rows], expected, rtol=1e-6)
     assert torch.isnan(o2u.scores()).all()  # the next cycle starts empty
+
+
+def test_per_class_scores_are_relative_to_the_class_mean():
+    """A hard (high-loss) class keeps its weights; within each class the outlier counts least."""
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 2])
+    losses = np.array([1.0, 1.2, 0.8, 3.0, 5.0, 5.5, 4.5, 9.0], dtype=np.float32)  # class 1 hard, 2 a singleton
+    o2u = O2UWeights(8, O2UConfig(enabled=True, warmup_cycles=1), torch.device("cpu"))
+    feed(o2u, losses)
+    o2u.end_cycle(0, None, [str(i) for i in range(8)], labels)
+    score = losses.astype(np.float64) - losses.mean()
+    r = score - np.array([score[labels == c].mean() for c in labels])
+    z = (r - r.mean()) / r.std(ddof=1)
+    w = 2 / (1 + np.exp(z))
+    np.testing.assert_allclose(o2u.weights.numpy(), w / w.mean(), rtol=1e-5)
+    assert int(o2u.weights.argmin()) == 3  # the outlier of the easy class, not the hard class
+    assert o2u.weights[7] == pytest.approx(o2u.weights[4].item())  # singleton and class-mean sample: r = 0
 
 
 def test_warmup_keeps_unit_weights_and_state_round_trips():

@@ -10,7 +10,9 @@ cycle's end the scores become the weights of the next cycle:
     w = w / mean(w)                               mean weight 1, so the effective LR does not drift
 
 Weights are applied from cycle `warmup_cycles` on (the seed first trains "several cycles to stable
-the training process"); before that every weight is 1. Scores and weights are written at each cycle
+the training process"); before that every weight is 1. `per_class` matters on a long tail: samples
+of rare classes have high loss because their class is hard, not because their label is wrong, and a
+global ranking would push the whole tail down (measured on the ladder: fastprod/recipe/ladder.py). Scores and weights are written at each cycle
 end to `<run>/o2u/cycle-<k>.csv` so likely-noisy samples can be inspected. All state is in
 `state_dict()`, so a resumed run continues the same averages.
 """
@@ -67,6 +69,8 @@ class O2UWeights:
         new = torch.ones_like(self.weights)
         if seen.sum() > 1:
             s = scores[seen]
+            if self.cfg.per_class:
+                s = s - class_means(s, torch.as_tensor(labels, device=s.device).long()[seen])
             z = (s - s.mean()) / s.std().clamp(min=1e-12)
             w = 2 * torch.sigmoid(-z / self.cfg.temperature)
             new[seen] = (w / w.mean()).float()
@@ -91,6 +95,14 @@ class O2UWeights:
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, value.to(self.device))
+
+
+def class_means(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each element's class mean of `values` (labels: class index per element)."""
+    n = int(labels.max()) + 1
+    sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, labels, values)
+    counts = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, labels, torch.ones_like(values))
+    return (sums / counts.clamp(min=1))[labels]
 
 
 def noise_detection(score_csv: Path, noisy_ids: set[str]) -> dict:
