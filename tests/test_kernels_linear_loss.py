@@ -135,7 +135,9 @@ def interpreter_main() -> None:
     poison_allocations()
 
     def triton_loss(x, w, b, target, *, weights, smoothing, alpha, beta, A, blocks):
-        backend = LinearBackend(partial(linear_lse_triton, blocks=blocks), partial(linear_grads_triton, blocks=blocks))
+        chunk = 4 * blocks["BLOCK_C"] + 7  # several gradient launches, the last one partial
+        backend = LinearBackend(partial(linear_lse_triton, blocks=blocks),
+                                partial(linear_grads_triton, blocks=blocks, class_chunk=chunk))
         p = LossParams(smoothing, alpha, beta, A)
         return LossOutput(*LinearLossFunction.apply(x, w, b, target, weights, p, backend))
 

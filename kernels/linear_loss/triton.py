@@ -2,7 +2,8 @@
 label smoothing and O2U weights). Tiles of [BLOCK_B rows, BLOCK_C classes] are computed with tl.dot and
 never stored: the forward writes each tile's row max and sum of exponentials (combined on the host into
 the log-sum-exp), the backward recomputes the tile, turns it into dz (`kernels.common` algebra) and
-atomically adds its shares of dX, dW and db into float32 buffers (as Cut Cross-Entropy does).
+atomically adds its shares of dX, dW and db into float32 buffers (as Cut Cross-Entropy does), one
+chunk of classes per launch so the float32 buffer for dW never spans the whole head.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import triton.language as tl
 
 BLOCKS = {"BLOCK_B": 64, "BLOCK_C": 128, "BLOCK_D": 64}
 NUM_WARPS = 8
+GRAD_CLASS_CHUNK = 8192  # classes per gradient launch: a float32 dW buffer of 8192 x D (64 MiB at D = 2048)
 
 
 @triton.jit
@@ -105,19 +107,33 @@ def linear_lse_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
 
 def linear_grads_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, target: torch.Tensor,
                         lse: torch.Tensor, coefs: tuple[torch.Tensor, ...], needs: tuple[bool, bool, bool],
-                        blocks: dict[str, int] = BLOCKS,
+                        blocks: dict[str, int] = BLOCKS, class_chunk: int = GRAD_CLASS_CHUNK,
                         ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(dX, dW, db) for dz = s p - t [k == y] - u, accumulated in float32 and returned in the inputs' dtypes."""
-    grid, meta = _launch_args(x, w, blocks)
+    """(dX, dW, db) for dz = s p - t [k == y] - u, returned in the inputs' dtypes.
+
+    One launch per `class_chunk` classes: its shares of dW and db are accumulated in float32 buffers of
+    that many rows (not of all C), then cast into dW and db; dX accumulates in float32 across launches."""
     want_db = needs[2] and b is not None
+    n_classes = w.shape[0]
+    chunk = min(class_chunk, n_classes)
     dx = torch.zeros(x.shape, dtype=torch.float32, device=x.device) if needs[0] else None
-    dw = torch.zeros(w.shape, dtype=torch.float32, device=x.device) if needs[1] else None
-    db = torch.zeros(w.shape[0], dtype=torch.float32, device=x.device) if want_db else None
+    dw = torch.empty_like(w) if needs[1] else None
+    db = torch.empty_like(b) if want_db else None
+    dw_acc = torch.empty((chunk, w.shape[1]), dtype=torch.float32, device=x.device) if needs[1] else None
+    db_acc = torch.empty(chunk, dtype=torch.float32, device=x.device) if want_db else None
     s, t, u = (c.to(torch.float32).contiguous() for c in coefs)
-    dummy = lse
-    linear_grad_kernel[grid](x, w, w if b is None else b, target, lse.to(torch.float32), s, t, u,
-                             dummy if dx is None else dx, dummy if dw is None else dw, dummy if db is None else db,
-                             x.shape[0], w.shape[0], x.shape[1], x.stride(0), w.stride(0), HAS_BIAS=b is not None,
-                             COMPUTE_DX=needs[0], COMPUTE_DW=needs[1], COMPUTE_DB=want_db, **meta)
-    return (dx.to(x.dtype) if dx is not None else None, dw.to(w.dtype) if dw is not None else None,
-            db.to(b.dtype) if db is not None else None)
+    lse = lse.to(torch.float32)
+    for c0 in range(0, n_classes, chunk):
+        c1 = min(c0 + chunk, n_classes)
+        wc, bc = w[c0:c1], (b[c0:c1] if b is not None else w)
+        dw_c = dw_acc[: c1 - c0].zero_() if dw is not None else lse
+        db_c = db_acc[: c1 - c0].zero_() if db is not None else lse
+        grid, meta = _launch_args(x, wc, blocks)
+        linear_grad_kernel[grid](x, wc, bc, target - c0, lse, s, t, u, lse if dx is None else dx, dw_c, db_c,
+                                 x.shape[0], c1 - c0, x.shape[1], x.stride(0), w.stride(0), HAS_BIAS=b is not None,
+                                 COMPUTE_DX=needs[0], COMPUTE_DW=needs[1], COMPUTE_DB=want_db, **meta)
+        if dw is not None:
+            dw[c0:c1].copy_(dw_c)
+        if db is not None:
+            db[c0:c1].copy_(db_c)
+    return (dx.to(x.dtype) if dx is not None else None), dw, db
