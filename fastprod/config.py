@@ -132,7 +132,9 @@ class LossConfig:
     sce_alpha: float = 1.0
     sce_beta: float = 0.1
     sce_A: float = -9.210340371976182
-    impl: Literal["fused", "reference"] = "reference"  # fused: kernels/ (Triton on GPU, chunked torch on CPU)
+    # fused: kernels/ row-wise loss over the logits (Triton on GPU, chunked torch on CPU); fused_linear: the
+    # classifier head and the loss in one op that never holds the [B, C] logits (for 10^4-10^5 classes)
+    impl: Literal["fused", "fused_linear", "reference"] = "reference"
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")

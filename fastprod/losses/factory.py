@@ -1,5 +1,6 @@
 """`create_loss`: the configured training loss (`loss.name`: ce or sce, with label smoothing;
-`loss.impl`: the plain torch reference or the fused row-wise kernels of `kernels/`)."""
+`loss.impl`: the plain torch reference, the fused row-wise kernels of `kernels/`, or the fused
+classifier head + loss)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,14 @@ def create_loss(cfg: LossConfig) -> LossFn:
     """A callable `(logits, target, weights=None) -> LossOutput`.
 
     impl="fused" gives `kernels.fused_loss` (Triton on CUDA tensors, chunked torch otherwise), which also
-    takes `inplace_backward=True` from callers that never read the logits after the loss."""
+    takes `inplace_backward=True` from callers that never read the logits after the loss.
+    impl="fused_linear" gives `kernels.linear_cross_entropy`, called as
+    `(features, head_weight, head_bias, target, weights=None)`: the caller skips the classifier."""
     alpha, beta = (cfg.sce_alpha, cfg.sce_beta) if cfg.name == "sce" else (1.0, 0.0)
+    if cfg.impl == "fused_linear":
+        from kernels import linear_cross_entropy
+
+        return partial(linear_cross_entropy, smoothing=cfg.label_smoothing, alpha=alpha, beta=beta, A=cfg.sce_A)
     if cfg.impl == "fused":
         from kernels import fused_loss
 

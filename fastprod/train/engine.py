@@ -21,7 +21,7 @@ from tqdm import tqdm
 from fastprod.config import Config, ConfigError, save_config
 from fastprod.data.loaders import Batch, Loader, create_loader
 from fastprod.data.manifest import Manifest
-from fastprod.losses import create_loss
+from fastprod.losses import LossOutput, create_loss
 from fastprod.models import create_model
 from fastprod.recipe.o2u import O2UWeights
 from fastprod.optim import create_optimizer
@@ -88,6 +88,14 @@ class Trainer:
                 f"{len(self.manifest.split(cfg.data.train_split))} training images"
             )
         self.loss_fn = create_loss(cfg.loss)
+        self.fused_head = cfg.loss.impl == "fused_linear"
+        if self.fused_head:
+            if cfg.run.zero_stage == 3:
+                raise ConfigError("loss.impl: fused_linear reads the head weight directly, which ZeRO-3 partitions; "
+                                  "use zero_stage <= 2 or impl fused")
+            if not isinstance(self.engine.module.get_classifier(), torch.nn.Linear):
+                raise ConfigError(f"loss.impl: fused_linear needs a Linear classifier; {cfg.model.name} has "
+                                  f"{type(self.engine.module.get_classifier()).__name__}")
         self.o2u = O2UWeights(len(self.train_split), cfg.o2u, dist.device) if cfg.o2u.enabled else None
         self.sgdr = SGDR(cfg.schedule, cfg.optim.lr, self.iters_per_epoch)
         self.total_steps = cfg.schedule.epochs * self.iters_per_epoch
@@ -178,8 +186,7 @@ class Trainer:
             group["lr"] = lr
         if self._buffers:
             torch._foreach_copy_(self._buffer_backup, self._buffers)
-        logits = self.engine(batch.images)
-        out = self.loss_fn(logits, batch.labels, weights=self.o2u.weights_for(batch.indices) if self.o2u else None)
+        out = self._forward_loss(batch, self.o2u.weights_for(batch.indices) if self.o2u else None)
         loss = out.loss
         bad, stop = all_reduce([float(not torch.isfinite(loss)), float(self.stop_requested)], self.dist.device,
                                op=torch.distributed.ReduceOp.MAX)
@@ -195,6 +202,18 @@ class Trainer:
         if self.o2u:
             self.o2u.record(batch.indices, out.ce)
         return loss.item()
+
+    def _forward_loss(self, batch: Batch, weights: torch.Tensor | None) -> LossOutput:
+        """Model and loss; with loss.impl=fused_linear the classifier runs inside the fused loss."""
+        if not self.fused_head:
+            return self.loss_fn(self.engine(batch.images), batch.labels, weights=weights)
+        model, precision = self.engine.module, self.cfg.run.precision
+        with torch.autocast(self.dist.device.type, dtype=getattr(torch, AUTOCAST_DTYPES.get(precision, "float32")),
+                            enabled=precision in AUTOCAST_DTYPES):
+            features = model.forward_head(model.forward_features(batch.images), pre_logits=True)
+        head = model.get_classifier()
+        bias = head.bias.to(features.dtype) if head.bias is not None else None
+        return self.loss_fn(features, head.weight.to(features.dtype), bias, batch.labels, weights=weights)
 
     def _after_step(self, loss: float | None, batch: Batch, data_wait: float, step_time: float, epoch: int,
                     bar: tqdm) -> None:
