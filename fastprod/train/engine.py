@@ -16,6 +16,7 @@ from pathlib import Path
 import deepspeed
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from fastprod.config import Config, ConfigError, save_config
@@ -197,8 +198,10 @@ class Trainer:
             self.skipped_steps += 1
             warnings.warn(f"step {self.step}: non-finite loss, step skipped ({self.skipped_steps} so far)")
             return None
-        self.engine.backward(loss)
-        self.engine.step()
+        with record_function("fastprod.backward"):
+            self.engine.backward(loss)
+        with record_function("fastprod.optimizer_step"):
+            self.engine.step()
         if self.o2u:
             self.o2u.record(batch.indices, out.ce)
         return loss.item()
@@ -206,14 +209,19 @@ class Trainer:
     def _forward_loss(self, batch: Batch, weights: torch.Tensor | None) -> LossOutput:
         """Model and loss; with loss.impl=fused_linear the classifier runs inside the fused loss."""
         if not self.fused_head:
-            return self.loss_fn(self.engine(batch.images), batch.labels, weights=weights)
+            with record_function("fastprod.forward"):
+                logits = self.engine(batch.images)
+            with record_function("fastprod.loss"):
+                return self.loss_fn(logits, batch.labels, weights=weights)
         model, precision = self.engine.module, self.cfg.run.precision
-        with torch.autocast(self.dist.device.type, dtype=getattr(torch, AUTOCAST_DTYPES.get(precision, "float32")),
-                            enabled=precision in AUTOCAST_DTYPES):
+        with record_function("fastprod.forward"), torch.autocast(
+                self.dist.device.type, dtype=getattr(torch, AUTOCAST_DTYPES.get(precision, "float32")),
+                enabled=precision in AUTOCAST_DTYPES):
             features = model.forward_head(model.forward_features(batch.images), pre_logits=True)
-        head = model.get_classifier()
-        bias = head.bias.to(features.dtype) if head.bias is not None else None
-        return self.loss_fn(features, head.weight.to(features.dtype), bias, batch.labels, weights=weights)
+        with record_function("fastprod.loss"):  # the classifier head and the loss
+            head = model.get_classifier()
+            bias = head.bias.to(features.dtype) if head.bias is not None else None
+            return self.loss_fn(features, head.weight.to(features.dtype), bias, batch.labels, weights=weights)
 
     def _after_step(self, loss: float | None, batch: Batch, data_wait: float, step_time: float, epoch: int,
                     bar: tqdm) -> None:

@@ -1,0 +1,170 @@
+"""Where a training step's time goes: fastprod's own Trainer (DeepSpeed engine, configured loader and
+loss) on a synthetic dataset, per model: throughput, FLOP utilisation against the machine's measured
+matrix rate, peak memory, and the PyTorch profiler's breakdown into data wait, forward, loss,
+backward and optimizer step, saved as a Chrome trace (open in chrome://tracing or Perfetto).
+
+    python bench/profile_step.py --out DIR [--models resnet34 resnest50d] [--size 64] [--batch 16]
+                                 [--steps 4] [--classes 100] [--set key=value ...]
+
+Writes DIR/profile-<model>.json and DIR/trace-<model>.json. The dataset (fastprod synth + prepare)
+is made once under DIR/data. On a GPU the defaults grow to 224 px, batch 128, bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+from torch.utils.flop_counter import FlopCounterMode
+
+PHASES = ("data_wait", "forward", "loss", "backward", "optimizer_step")
+
+
+def dataset(out: Path, classes: int, images: int) -> Path:
+    from fastprod.data.prepare import prepare
+    from fastprod.data.synth import synthesize
+
+    raw, prepared = out / "data" / "raw", out / "data" / "prepared"
+    if not (raw / "train.json").exists():
+        synthesize(raw, classes=classes, train_images=images, val_per_class=1, noise=0.2, size=(256, 256))
+    if not (prepared / "manifest.parquet").exists():
+        prepare(raw, prepared)
+    return prepared
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured FLOP/s of a large square matmul: the roofline for model FLOP utilisation."""
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    reps, start = (20 if device.type == "cuda" else 3), time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_flops(model: torch.nn.Module, images: torch.Tensor) -> int:
+    """FLOPs of one forward + backward of the model on `images` (torch's flop counter)."""
+    with FlopCounterMode(display=False) as counter:
+        model(images).float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+
+def run_steps(trainer, batches, steps: int, annotate: bool) -> float:
+    """Train `steps` steps from the iterator; returns wall seconds. Data waits are annotated for the profiler."""
+    device = trainer.dist.device
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        with record_function("fastprod.data_wait") if annotate else nullcontext():
+            batch = next(batches)
+        trainer.train_step(batch, 0.01)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def endless(loader):
+    """The loader's batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def profile_model(name: str, args: argparse.Namespace, manifest: Path, out: Path) -> dict:
+    from fastprod.config import load_config
+    from fastprod.train.distributed import init_distributed
+    from fastprod.train.engine import Trainer
+
+    cuda = torch.cuda.is_available()
+    precision = args.precision or ("bf16" if cuda else "fp32")
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml", [
+        f"data.manifest={manifest}", f"model.name={name}", f"data.image_size={args.size}",
+        f"data.batch_size={args.batch}", f"run.precision={precision}", f"run.dir={out / f'run-{name}'}",
+        "run.progress=false", *args.overrides])
+    dist = init_distributed()
+    trainer = Trainer(cfg, dist)
+    batches = endless(trainer.train_loader)
+    run_steps(trainer, batches, 2, annotate=False)  # warm-up: allocator, cudnn autotune, workers
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    seconds = run_steps(trainer, batches, args.steps, annotate=False)
+    img_s = args.steps * args.batch * dist.world / seconds
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        run_steps(trainer, batches, args.steps, annotate=True)
+    trace = out / f"trace-{name}.json"
+    prof.export_chrome_trace(str(trace))
+    totals = {e.key: e for e in prof.key_averages() if e.key.startswith("fastprod.")}
+    phases_ms = {}
+    for phase in PHASES:
+        event = totals.get(f"fastprod.{phase}")
+        device_us = getattr(event, "device_time_total", 0) if event and cuda and phase != "data_wait" else 0
+        host_us = event.cpu_time_total if event else 0.0
+        phases_ms[phase] = (device_us or host_us) / 1000 / args.steps
+
+    images = next(batches).images
+    flops = step_flops(trainer.engine.module, images)  # per batch of args.batch images
+    rate = matmul_rate(dist.device, torch.bfloat16 if precision == "bf16" and cuda else torch.float32)
+    result = {
+        "model": name, "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
+        "image_size": args.size, "batch": args.batch, "precision": precision, "classes": trainer.manifest.num_classes,
+        "loss_impl": cfg.loss.impl, "img_per_s": img_s, "step_ms": 1000 * seconds / args.steps,
+        "gflop_per_step": flops / 1e9, "achieved_tflops": flops * args.steps / seconds / 1e12,
+        "matmul_tflops": rate / 1e12, "mfu": flops * args.steps / seconds / rate,
+        "peak_memory_mib": peak_memory_bytes(dist.device) / 2**20, "phases_ms": phases_ms, "trace": str(trace),
+    }
+    (out / f"profile-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--models", nargs="+", default=["resnet34", "resnest50d"])
+    parser.add_argument("--size", type=int, default=224 if cuda else 64)
+    parser.add_argument("--batch", type=int, default=128 if cuda else 16)
+    parser.add_argument("--steps", type=int, default=10 if cuda else 4)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--images", type=int, default=None, help="training images to synthesise")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = dataset(out, args.classes, args.images or max(4 * args.batch * (args.steps * 2 + 3), 500))
+    for name in args.models:
+        r = profile_model(name, args, manifest, out)
+        phases = "  ".join(f"{k} {v:.1f}" for k, v in r["phases_ms"].items())
+        print(f"{name} @ {r['image_size']}px batch {r['batch']} {r['precision']} on {r['device']}: "
+              f"{r['img_per_s']:.1f} img/s, {r['achieved_tflops']:.3f} TFLOP/s = {100 * r['mfu']:.1f}% of the "
+              f"measured matmul rate ({r['matmul_tflops']:.2f} TFLOP/s); peak memory {r['peak_memory_mib']:.0f} MiB")
+        print(f"  per step (ms): {phases}; trace {r['trace']}")
+
+
+if __name__ == "__main__":
+    main()
