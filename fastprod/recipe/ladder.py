@@ -1,13 +1,15 @@
 """The ablation ladder (the seed's error table): each step adds one technique to the last, all with
 the same budget, on one synthetic dataset with injected label noise and a long tail.
 
-    fastprod ladder --out runs/ladder [--config configs/ladder.yaml] [--set key=value ...]
+    fastprod ladder --out runs/ladder [--seeds 2] [--config configs/ladder.yaml] [--set key=value ...]
 
 Steps: baseline (rotation + random-sized crop, SGD momentum, SGDR) -> + cutout, perspective, flip
 -> + weight decay 3e-4 -> + dropout 0.5 -> + SCE -> + O2U weights -> + 2-fold cleaning and a
 finetune of the previous step's model on the balanced subset. Writes `ladder.md` and `ladder.json`
-(validation top-1 error per step) under `--out`; every step is an ordinary, resumable run
-directory, so an interrupted ladder continues where it stopped.
+(validation top-1 error per step: the mean over `--seeds` training seeds, and each seed's) under
+`--out`. One seed's differences are mostly noise at this size (seeds of one step differ by several
+points), hence the mean. Every run is an ordinary, resumable run directory
+(`step-N/seed-S`), so an interrupted ladder continues where it stopped.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 from fastprod.config import Config, load_config
 from fastprod.recipe.clean import clean
@@ -48,34 +52,38 @@ def ladder_data(out: Path, args: argparse.Namespace) -> Path:
 
 
 def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manifest: Path, noise_file: Path,
-               k: int, finetune_epochs: int) -> list[dict]:
+               k: int, finetune_epochs: int, seeds: int) -> list[dict]:
     from fastprod.train.engine import Trainer
 
-    def cfg_for(step: int, extra: list[str]) -> Config:
+    def cfg_for(step: int, seed: int, extra: list[str]) -> Config:
         cumulative = [o for _, step_overrides in STEPS[: step + 1] for o in step_overrides]
         return load_config(config, [*BASELINE, *cumulative, *overrides, f"data.manifest={manifest}",
-                                    f"run.dir={out / f'step-{step}'}", *extra])
+                                    f"run.seed={seed}", f"run.dir={out / f'step-{step}' / f'seed-{seed}'}", *extra])
 
-    rows = []
-    for step, (name, _) in enumerate(STEPS):
-        summary = Trainer(cfg_for(step, []), dist).fit()
-        rows.append({"step": name, "val_top1_error": summary["val_top1_error"], "run": str(out / f"step-{step}")})
+    def row(name: str, step: int, configs: list[Config], **extra) -> dict:
+        errors = [Trainer(cfg, dist).fit()["val_top1_error"] for cfg in configs]
+        return {"step": name, "val_top1_error": float(np.mean(errors)), "seed_errors": errors,
+                "run": str(out / f"step-{step}"), **extra}
+
+    rows = [row(name, step, [cfg_for(step, seed, []) for seed in range(seeds)]) for step, (name, _) in enumerate(STEPS)]
     last = len(STEPS) - 1
-    report = clean(cfg_for(last, [f"run.dir={out / 'clean'}"]), dist, out=out / "clean", k=k, noise=noise_file)
-    base = cfg_for(last, [])
-    finetune = cfg_for(last, [f"data.manifest={out / 'clean' / 'balanced'}", f"run.dir={out / f'step-{last + 1}'}",
-                              f"model.init_from={out / f'step-{last}' / 'final' / 'model.pt'}",
-                              f"optim.lr={base.optim.lr / 10}", f"schedule.epochs={finetune_epochs}",
-                              "o2u.enabled=false", f"data.batch_size={max(1, min(16, report['balanced']))}"])
-    summary = Trainer(finetune, dist).fit()
-    rows.append({"step": f"+ 2-fold cleaning, finetune on the balanced subset (top-{k} per class)",
-                 "val_top1_error": summary["val_top1_error"], "run": str(out / f"step-{last + 1}"), "cleaning": report})
+    report = clean(cfg_for(last, 0, [f"run.dir={out / 'clean'}"]), dist, out=out / "clean", k=k, noise=noise_file)
+    lr = cfg_for(last, 0, []).optim.lr / 10
+    finetunes = [cfg_for(last + 1, seed, [
+        f"data.manifest={out / 'clean' / 'balanced'}", f"model.init_from={out / f'step-{last}' / f'seed-{seed}' / 'final' / 'model.pt'}",
+        f"optim.lr={lr}", f"schedule.epochs={finetune_epochs}", "o2u.enabled=false",
+        f"data.batch_size={max(1, min(16, report['balanced']))}"]) for seed in range(seeds)]
+    rows.append(row(f"+ 2-fold cleaning, finetune on the balanced subset (top-{k} per class)", last + 1, finetunes,
+                    cleaning=report))
     return rows
 
 
 def write_table(rows: list[dict], out: Path, setup: str) -> str:
-    lines = [f"Ablation ladder — {setup}", "", "| step | val top-1 error |", "|---|---|"]
-    lines += [f"| {r['step']} | {100 * r['val_top1_error']:.2f}% |" for r in rows]
+    seeds = len(rows[0]["seed_errors"])
+    lines = [f"Ablation ladder — {setup}", "", f"| step | val top-1 error (mean of {seeds} seeds) | per seed |",
+             "|---|---|---|"]
+    lines += [f"| {r['step']} | {100 * r['val_top1_error']:.2f}% | "
+              f"{' / '.join(f'{100 * e:.1f}' for e in r['seed_errors'])} |" for r in rows]
     table = "\n".join(lines) + "\n"
     (out / "ladder.md").write_text(table)
     (out / "ladder.json").write_text(json.dumps({"setup": setup, "steps": rows}, indent=2) + "\n")
@@ -91,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
         manifest = ladder_data(out, args) if dist.is_main else out / "data" / "prepared"
         barrier()
         rows = run_ladder(Path(args.config), args.overrides, out, dist, manifest, out / "data" / "raw" / "noise.json",
-                          args.k, args.finetune_epochs)
-        setup = (f"{cfg.model.name} at {cfg.data.image_size}px, {cfg.schedule.epochs} epochs per step, synthetic "
+                          args.k, args.finetune_epochs, args.seeds)
+        setup = (f"{cfg.model.name} at {cfg.data.image_size}px, {cfg.schedule.epochs} epochs per step and seed, synthetic "
                  f"{args.classes} classes / {args.train_images} training images / {args.noise:.0%} label noise")
         if dist.is_main:
             print(write_table(rows, out, setup))
@@ -109,9 +117,10 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="runs/ladder")
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--train-images", type=int, default=1200)
-    parser.add_argument("--val-per-class", type=int, default=10)
+    parser.add_argument("--val-per-class", type=int, default=25)
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=10, help="kept samples per class in the balanced subset")
     parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=2, help="training seeds per step (the table shows their mean)")
     parser.set_defaults(func=run)

@@ -1,0 +1,62 @@
+"""`fastprod ladder` end to end at the smallest size: every step of the seed's ladder runs with its
+cumulative settings for each seed, the table's means are the seeds' mean, and a re-run resumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fastprod.cli import main
+from fastprod.config import load_config
+from fastprod.recipe.ladder import STEPS
+
+TINY = """
+data: {manifest: unused, image_size: 16, batch_size: 16, eval_batch_size: 64, workers: 0}
+model: {name: resnet10t}
+optim: {lr: 0.05}
+schedule: {epochs: 1}
+run: {dir: unused, precision: fp32, progress: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ladder")
+    (tmp / "tiny.yaml").write_text(TINY)
+    args = ["ladder", "--config", str(tmp / "tiny.yaml"), "--out", str(tmp / "out"), "--classes", "3",
+            "--train-images", "48", "--val-per-class", "2", "--k", "2", "--finetune-epochs", "1", "--seeds", "2"]
+    assert main(args) == 0
+    return tmp / "out", args
+
+
+def test_every_step_and_seed_ran_with_cumulative_settings(ladder):
+    out, _ = ladder
+    report = json.loads((out / "ladder.json").read_text())
+    rows = report["steps"]
+    assert [r["step"] for r in rows[:-1]] == [name for name, _ in STEPS] and "cleaning" in rows[-1]["step"]
+    for step, r in enumerate(rows):
+        assert len(r["seed_errors"]) == 2 and r["val_top1_error"] == pytest.approx(np.mean(r["seed_errors"]))
+        for seed in range(2):
+            cfg = load_config(out / f"step-{step}" / f"seed-{seed}" / "resolved.yaml")
+            assert cfg.run.seed == seed
+            assert (cfg.data.augment.hflip_p > 0) == (step >= 1)
+            assert (cfg.optim.weight_decay > 0) == (step >= 2)
+            assert (cfg.model.drop_rate > 0) == (step >= 3)
+            assert (cfg.loss.name == "sce") == (step >= 4)
+            assert cfg.o2u.enabled == (step == 5)
+    finetune = load_config(out / f"step-{len(STEPS)}" / "seed-1" / "resolved.yaml")
+    assert finetune.model.init_from == str(out / f"step-{len(STEPS) - 1}" / "seed-1" / "final" / "model.pt")
+    assert finetune.data.manifest == str(out / "clean" / "balanced")
+    table = (out / "ladder.md").read_text()
+    assert table.count("\n| ") == len(rows) + 1 and "mean of 2 seeds" in table
+
+
+def test_a_rerun_resumes_without_training(ladder, capsys):
+    out, args = ladder
+    before = (out / "ladder.json").read_text()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "run already complete" in capsys.readouterr().out
+    assert (out / "ladder.json").read_text() == before
