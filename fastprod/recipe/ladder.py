@@ -22,6 +22,7 @@ import numpy as np
 
 from fastprod.config import Config, load_config
 from fastprod.recipe.clean import clean
+from fastprod.recipe.o2u import noise_detection
 from fastprod.train.distributed import Dist, barrier
 
 BASELINE = ["data.augment.cutout_p=0", "data.augment.perspective_p=0", "data.augment.hflip_p=0",
@@ -67,6 +68,10 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
 
     rows = [row(name, step, [cfg_for(step, seed, []) for seed in range(seeds)]) for step, (name, _) in enumerate(STEPS)]
     last = len(STEPS) - 1
+    if noise_file.exists():  # how well the O2U score finds the injected noise, per cycle (seed 0)
+        noisy = set(json.loads(noise_file.read_text()))
+        cycles = sorted((out / f"step-{last}" / "seed-0" / "o2u").glob("cycle-*.csv"), key=lambda p: int(p.stem[6:]))
+        rows[last]["o2u_noise_detection"] = [noise_detection(csv, noisy) for csv in cycles]
     report = clean(cfg_for(last, 0, [f"run.dir={out / 'clean'}"]), dist, out=out / "clean", k=k, noise=noise_file)
     lr = cfg_for(last, 0, []).optim.lr / 10
     finetunes = [cfg_for(last + 1, seed, [
@@ -84,6 +89,15 @@ def write_table(rows: list[dict], out: Path, setup: str) -> str:
              "|---|---|---|"]
     lines += [f"| {r['step']} | {100 * r['val_top1_error']:.2f}% | "
               f"{' / '.join(f'{100 * e:.1f}' for e in r['seed_errors'])} |" for r in rows]
+    detection = next((r["o2u_noise_detection"] for r in rows if r.get("o2u_noise_detection")), None)
+    if detection:
+        lines += ["", "O2U score vs the injected noise (seed 0), AUROC per SGDR cycle: "
+                  + ", ".join(f"{d['auroc']:.3f}" for d in detection if d["auroc"] is not None)]
+    cleaning = rows[-1].get("cleaning", {})
+    if cleaning.get("noisy") is not None:
+        lines += ["", f"Cleaning removed {cleaning['noisy_removed']} of {cleaning['noisy']} noisy training labels and "
+                  f"{cleaning['clean_lost']} clean ones; the balanced subset has {cleaning['balanced']} images in "
+                  f"{cleaning['classes_in_balanced']} classes."]
     table = "\n".join(lines) + "\n"
     (out / "ladder.md").write_text(table)
     (out / "ladder.json").write_text(json.dumps({"setup": setup, "steps": rows}, indent=2) + "\n")
