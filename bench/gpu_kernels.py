@@ -18,7 +18,6 @@ Exits 1 if any check against the reference fails (after printing every figure).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
@@ -27,6 +26,7 @@ from triton.testing import do_bench
 
 from fastprod.losses.reference import reference_loss
 from kernels import fused_loss, linear_cross_entropy
+from results import write_json
 from kernels.common import LossParams, inv_valid_count
 from kernels.row_loss.triton import row_loss_triton
 
@@ -164,9 +164,12 @@ def main() -> int:
                 bw = f"  {r['bandwidth_gbs']:7.0f} GB/s ({100 * r['of_copy_bw']:3.0f}% of copy)" if "of_copy_bw" in r else ""
                 print(f"  B={batch:5d} {r['impl']:28s} {r['ms']:8.3f} ms  x{base['ms'] / r['ms']:5.2f} speed{bw}"
                       f"  peak extra {r['peak_extra_mib']:8.1f} MiB (x{base['peak_extra_mib'] / max(r['peak_extra_mib'], 1e-3):.1f} less)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"copy_bandwidth_gbs": copy_bw / 1e9, "rows": rows, "failures": FAILURES}, f, indent=2)
+    for r in rows:
+        r["label"] = f"{r['bench']} B={r['batch']} {r['impl']}"
+    write_json(args.json, "gpu_kernels", f"fused loss kernels on GPU, C={args.classes}, bf16 "
+               f"(copy bandwidth {copy_bw / 1e9:.0f} GB/s; failed checks: {FAILURES or 'none'})",
+               "torch eager (row loss) / naive F.linear + loss (linear loss), same run", rows,
+               {"label": "label", "value": "ms", "ylabel": "fwd+bwd ms"})
     if FAILURES:
         print(f"\nFAILED checks: {FAILURES}")
     return 1 if FAILURES else 0

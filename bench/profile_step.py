@@ -23,6 +23,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
+from results import write_json
+
 PHASES = ("data_wait", "forward", "loss", "backward", "optimizer_step")
 
 
@@ -153,17 +155,25 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="training images to synthesise")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--json", default=None, help="also write the result file (bench/results.py) here")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = dataset(out, args.classes, args.images or max(4 * args.batch * (args.steps * 2 + 3), 500))
+    rows = []
     for name in args.models:
         r = profile_model(name, args, manifest, out)
+        rows.append({"model": name, "img_per_s": r["img_per_s"], "step_ms": r["step_ms"], "mfu": r["mfu"],
+                     "achieved_tflops": r["achieved_tflops"], "peak_memory_mib": r["peak_memory_mib"],
+                     **{f"{k}_ms": v for k, v in r["phases_ms"].items()}, "trace": r["trace"]})
         phases = "  ".join(f"{k} {v:.1f}" for k, v in r["phases_ms"].items())
         print(f"{name} @ {r['image_size']}px batch {r['batch']} {r['precision']} on {r['device']}: "
               f"{r['img_per_s']:.1f} img/s, {r['achieved_tflops']:.3f} TFLOP/s = {100 * r['mfu']:.1f}% of the "
               f"measured matmul rate ({r['matmul_tflops']:.2f} TFLOP/s); peak memory {r['peak_memory_mib']:.0f} MiB")
         print(f"  per step (ms): {phases}; trace {r['trace']}")
+    write_json(args.json, "profile_step", f"training step of the Trainer, {args.size} px, batch {args.batch}",
+               "the measured matrix-multiply rate of this machine (mfu)", rows,
+               {"label": "model", "stack": [f"{k}_ms" for k in PHASES], "ylabel": "ms per step (profiler)"})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Profile fastprod: every benchmark, each with ratios against a baseline measured in the same run,
+# as JSON per benchmark + DIR/report.md + PNG plots.
+#
+#   bash bench/run.sh [--out DIR] [--quick] [--gpu | --cpu]
+#
+# --quick: the smallest settings (CI runs this); --gpu (default when CUDA is present) adds the GPU
+# suite, sized for one H200 in under 8 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="bench-results/$(date +%Y%m%d-%H%M%S)"
+QUICK=0
+GPU=auto
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) OUT="$2"; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --gpu) GPU=1; shift ;;
+    --cpu) GPU=0; shift ;;
+    *) echo "bench/run.sh: unknown argument $1 (use --out DIR, --quick, --gpu, --cpu)" >&2; exit 2 ;;
+  esac
+done
+PY="${PYTHON:-.venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+if [ "$GPU" = auto ]; then GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))"); fi
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1
+
+bench() {  # bench NAME SCRIPT ARGS...: run one benchmark, keep its log and result file
+  local name="$1"; shift
+  echo "== $name: $*"
+  "$PY" "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log"
+}
+
+if [ "$QUICK" = 1 ]; then
+  bench kernels_cpu bench/kernels_cpu.py --batch 64 --dims 256 --classes 5003 --reps 1
+  bench profile_step bench/profile_step.py --out "$OUT/profile" --models resnet10t --size 32 --batch 8 --steps 2 \
+    --classes 4 --images 64 --set data.workers=0
+else
+  bench kernels_cpu bench/kernels_cpu.py
+  bench profile_step bench/profile_step.py --out "$OUT/profile"
+fi
+if [ "$GPU" = 1 ]; then
+  bench gpu_kernels bench/gpu_kernels.py
+fi
+"$PY" bench/report.py "$OUT"
