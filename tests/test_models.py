@@ -50,3 +50,17 @@ def test_no_weight_decay_on_norms_and_biases():
     assert len(decayed["params"]) + len(exempt["params"]) == len(list(model.parameters()))
     everything = create_optimizer(model, OptimConfig(decay_norm_and_bias=True))
     assert len(everything.param_groups) == 1
+
+
+def test_cpu_optimizer_is_foreach_sgd():
+    cpu = create_optimizer(create_model(ModelConfig(name="resnet10t"), 5), OptimConfig(nesterov=True))
+    assert type(cpu) is torch.optim.SGD and cpu.defaults["foreach"] and cpu.defaults["nesterov"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU choice (apex FusedSGD, else torch's fused SGD) needs CUDA")
+def test_gpu_optimizer_is_fused():
+    from fastprod.optim import apex_fused_sgd
+
+    gpu = create_optimizer(create_model(ModelConfig(name="resnet10t"), 5).cuda(), OptimConfig())
+    expected = apex_fused_sgd() or torch.optim.SGD
+    assert type(gpu) is expected and (expected is not torch.optim.SGD or gpu.defaults["fused"])
