@@ -50,7 +50,8 @@ class DataConfig:
     """Where the prepared dataset lives and how batches are made."""
 
     manifest: str = ""  # directory written by `fastprod prepare`
-    backend: Literal["pil"] = "pil"
+    backend: Literal["pil", "dali", "ffcv"] = "pil"  # dali: GPU (mixed decode) or CPU pipeline; ffcv: .beton files
+    ffcv_dir: str = ""  # ffcv: directory of <split>.beton from `fastprod write-ffcv` (default: <manifest>/ffcv)
     image_size: int = 224
     eval_resize: float = 1.14  # eval: resize the short side to image_size * eval_resize, then center crop
     batch_size: int = 64  # per data-parallel rank

@@ -13,10 +13,12 @@ import torch
 
 from fastprod.config import DataConfig
 from fastprod.data.loaders.base import Batch, Loader
+from fastprod.data.loaders.dali import DALILoader
+from fastprod.data.loaders.ffcv import FFCVLoader
 from fastprod.data.loaders.pil import PILLoader
 from fastprod.data.manifest import SplitView
 
-BACKENDS = {"pil": PILLoader}
+BACKENDS = {"pil": PILLoader, "dali": DALILoader, "ffcv": FFCVLoader}  # dali/ffcv import their library on first use
 
 
 def create_loader(

@@ -1,0 +1,263 @@
+"""The DALI backend: fused crop-decode and the augmentations as a DALI pipeline, GPU or CPU.
+
+Order, sharding and resume are the PIL backend's: this rank's batches for the epoch come from
+`sampler.epoch_batches` and are fed to the pipeline through `fn.external_source` in that order, so a
+resumed loader just feeds the batches from `batches_done` on. Augmentation parameters are drawn per
+sample from (seed, epoch, index) in Python (`augparams`) and fed alongside the encoded bytes, because
+DALI's own random operators cannot be seeded per sample; this is also why the crop is
+`fn.decoders.image_slice` with an explicit window rather than `fn.decoders.image_random_crop` -- it
+is the same fused region-of-interest decode (only the window's rows/MCUs are decoded).
+
+Pipeline (train): image_slice (decode only the crop window; `mixed` = nvJPEG on the GPU, `cpu` =
+libjpeg-turbo) -> resize to image_size (antialiased) -> flip -> one `experimental.warp_perspective` at
+the output size for rotation and perspective together (one resampling, identity for samples that get
+neither) -> `erase` (cutout, mean-colour fill) -> on the GPU `crop_mirror_normalize` to normalised
+float; on the CPU the uint8 batch is normalised by torch on the training device. Eval: the centre
+window (short side / eval_resize) decoded and resized to image_size.
+
+Decoding: JPEGs go to DALI's decoder as they are. Anything else (PNG, palette PNGs with transparency
+behind .jpg names, BMP, ...) is decoded by `images.load_rgb` exactly as the PIL backend does (alpha
+over white) and passed on as an uncompressed PPM. Files already in the run's quarantine log are
+skipped up front (the prepared manifest already excludes what `prepare` quarantined). A file that
+fails at run time: in Python (read, header, PIL) it is quarantined and dropped from its batch; if
+DALI's decoder fails, that batch is decoded again per sample with PIL (bad files quarantined and
+dropped, counted in `Batch.dropped`) on a fresh pipeline, and the epoch goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fastprod.config import DataConfig
+from fastprod.data.augment import MEAN, MEAN_UINT8, STD, normalize_on_device
+from fastprod.data.images import ImageError, load_rgb
+from fastprod.data.loaders import augparams as ap
+from fastprod.data.loaders.base import Batch, Loader
+from fastprod.data.manifest import SplitView
+from fastprod.data.sampler import epoch_batches
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _import_dali():
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ImportError("data.backend=dali needs NVIDIA DALI: pip install 'fastprod[dali]'") from err
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+    return fn, pipeline_def, types, feed_ndarray
+
+
+def read_quarantined(log: Path | None, paths: list[str]) -> set[int]:
+    """Indices of `paths` already listed in a run-time quarantine log (skipped up front)."""
+    if log is None or not Path(log).is_file():
+        return set()
+    bad = set()
+    for line in Path(log).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            i = int(rec["index"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if 0 <= i < len(paths) and paths[i] == rec.get("path"):
+            bad.add(i)
+    return bad
+
+
+def _ppm(image: Image.Image) -> np.ndarray:
+    buf = io.BytesIO()
+    image.save(buf, format="PPM")
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+class _Pending:
+    __slots__ = ("spec", "indices", "labels", "dropped")
+
+    def __init__(self, spec, indices, labels, dropped):
+        self.spec, self.indices, self.labels, self.dropped = spec, indices, labels, dropped
+
+
+class DALILoader(Loader):
+    def __init__(
+        self, split: SplitView, cfg: DataConfig, *, train: bool, rank: int, world: int, seed: int,
+        device: torch.device, channels_last: bool, quarantine_log: Path | None,
+    ) -> None:
+        super().__init__()
+        self._fn, self._pipeline_def, self._types, self._feed = _import_dali()
+        self.split, self.cfg, self.train = split, cfg, train
+        self.rank, self.world, self.seed = rank, world, seed
+        self.device, self.channels_last, self.quarantine_log = device, channels_last, quarantine_log
+        self.batch_size = cfg.batch_size if train else cfg.eval_batch_size
+        self.threads = max(1, min(cfg.workers, os.cpu_count() or 1))
+        self.gpu = device.type == "cuda"
+        self.device_id = (device.index if device.index is not None else torch.cuda.current_device()) if self.gpu else None
+        self.known_bad = read_quarantined(quarantine_log, split.paths)
+        aug = cfg.augment
+        self.warp = train and ((aug.rotation_p > 0 and aug.rotation_degrees > 0)
+                               or (aug.perspective_p > 0 and aug.perspective_distortion > 0))
+        self.cutout = train and aug.cutout_p > 0
+        # columns fed to the pipeline: bytes, crop anchor, crop shape, flip, warp matrix, cutout anchor, shape
+        self._outputs = [0, 1, 2] + [3] * train + [4] * self.warp + [5, 6] * self.cutout
+
+    def _batches(self) -> list[list[tuple[int, int]]]:
+        return epoch_batches(
+            len(self.split), self.batch_size, epoch=self.epoch, seed=self.seed, rank=self.rank,
+            world=self.world, shuffle=self.train, drop_last=self.train,
+        )
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    # ---- feeding -------------------------------------------------------------------------------
+    def _quarantine(self, index: int, err: Exception) -> None:
+        self.known_bad.add(index)
+        record = {"path": self.split.paths[index], "index": index, "reason": str(err) or type(err).__name__}
+        warnings.warn(f"quarantined at load time: {record['path']}: {record['reason']}")
+        if self.quarantine_log is not None:
+            with open(self.quarantine_log, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _encoded(self, index: int, with_pil: bool) -> tuple[np.ndarray, int, int]:
+        """(bytes for DALI, height, width); raises ImageError/OSError for an unusable file."""
+        path = self.split.paths[index]
+        if not with_pil:
+            with open(path, "rb") as f:
+                data = f.read()
+            if data[:3] == _JPEG_MAGIC:
+                try:
+                    with Image.open(io.BytesIO(data)) as im:  # header only
+                        width, height = im.size
+                    return np.frombuffer(data, dtype=np.uint8), height, width
+                except Exception:  # noqa: BLE001 - unreadable header: let PIL decide below
+                    pass
+        image = load_rgb(path)
+        return _ppm(image), image.height, image.width
+
+    def _prepare(self, spec: tuple[list[int], int, bool]) -> tuple[_Pending, tuple | None]:
+        indices, epoch, with_pil = spec
+        cfg, aug, size = self.cfg, self.cfg.augment, self.cfg.image_size
+        cols: tuple[list, ...] = ([], [], [], [], [], [], [])
+        kept, dropped = [], 0
+        for index in indices:
+            if index in self.known_bad:
+                dropped += 1
+                continue
+            try:
+                data, height, width = self._encoded(index, with_pil)
+            except (ImageError, OSError) as err:
+                self._quarantine(index, err)
+                dropped += 1
+                continue
+            if self.train:
+                u = ap.uniforms(self.seed, epoch, index)
+                top, left, h, w = ap.crop_window(u, height, width, *aug.crop_scale, *aug.crop_ratio)
+                flip = ap.flips(u, aug.hflip_p)
+                matrix, _ = ap.warp_matrix(u, size, aug.rotation_p, aug.rotation_degrees, aug.perspective_p,
+                                           aug.perspective_distortion)
+                ct, cl, ch, cw = ap.cutout_box(u, size, aug.cutout_p, *aug.cutout_scale)
+            else:
+                top, left, h, w = ap.center_window(height, width, cfg.eval_resize)
+                flip, matrix, (ct, cl, ch, cw) = False, np.eye(3), (0, 0, 0, 0)
+            for col, value in zip(cols, (
+                data, np.array([top, left], np.float32), np.array([h, w], np.float32), np.array(flip, np.int32),
+                matrix.astype(np.float32), np.array([ct, cl], np.float32), np.array([ch, cw], np.float32),
+            )):
+                col.append(value)
+            kept.append(index)
+        labels = torch.as_tensor(self.split.labels[kept], dtype=torch.int64)
+        return _Pending(spec, torch.tensor(kept, dtype=torch.int64), labels, dropped), (cols if kept else None)
+
+    # ---- the pipeline --------------------------------------------------------------------------
+    def _build(self, todo: deque, pending: deque):
+        fn, types, size = self._fn, self._types, self.cfg.image_size
+
+        def source():
+            while todo:
+                rec, cols = self._prepare(todo.popleft())
+                pending.append(rec)
+                if cols is not None:
+                    return tuple(cols[k] for k in self._outputs)
+            raise StopIteration
+
+        @self._pipeline_def(batch_size=self.batch_size, num_threads=self.threads, device_id=self.device_id,
+                            prefetch_queue_depth=2)
+        def graph():
+            fed = dict(zip(self._outputs, fn.external_source(source=source, num_outputs=len(self._outputs), batch=True)))
+            enc, anchor, shape = fed[0], fed[1], fed[2]
+            flip, matrix, cut_anchor, cut_shape = fed.get(3), fed.get(4), fed.get(5), fed.get(6)
+            img = fn.decoders.image_slice(
+                enc, anchor, shape, device="mixed" if self.gpu else "cpu", output_type=types.RGB,
+                axis_names="HW", normalized_anchor=False, normalized_shape=False,
+                adjust_orientation=False)
+            img = fn.resize(img, size=[size, size], antialias=True, interp_type=types.INTERP_LINEAR)
+            if self.train:
+                img = fn.flip(img, horizontal=flip)
+            if self.warp:
+                img = fn.experimental.warp_perspective(
+                    img, matrix=matrix, size=[size, size], fill_value=list(MEAN_UINT8), pixel_origin="center",
+                    inverse_map=True, border_mode="constant", interp_type=types.INTERP_LINEAR)
+            if self.cutout:
+                img = fn.erase(img, anchor=cut_anchor, shape=cut_shape, axis_names="HW",
+                               fill_value=list(MEAN_UINT8))
+            if self.gpu:  # normalise where the pixels already are
+                img = fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="HWC",
+                                               mean=[255 * m for m in MEAN], std=[255 * s for s in STD])
+            return img
+
+        pipe = graph()
+        pipe.build()
+        return pipe
+
+    def _to_torch(self, out) -> torch.Tensor:
+        tl = out[0]
+        if self.gpu:
+            tensor = tl.as_tensor()
+            images = torch.empty(tensor.shape(), dtype=torch.float32, device=self.device)
+            self._feed(tensor, images, cuda_stream=torch.cuda.current_stream(self.device))
+            images = images.permute(0, 3, 1, 2)
+            return images if self.channels_last else images.contiguous()
+        images = torch.from_numpy(np.array(tl.as_tensor())).permute(0, 3, 1, 2)
+        return normalize_on_device(images, self.device, self.channels_last)
+
+    def __iter__(self):
+        todo = deque((([i for i, _ in b], b[0][1], False) for b in self._batches()[self.batches_done:]))
+        pending: deque[_Pending] = deque()
+        pipe = self._build(todo, pending) if todo else None
+        while pipe is not None:
+            try:
+                out = pipe.run()
+            except StopIteration:
+                break
+            except Exception as err:  # noqa: BLE001 - DALI reports a failed decode as RuntimeError
+                while pending and pending[0].indices.numel() == 0:
+                    pending.popleft()
+                    self.batches_done += 1
+                if not pending:
+                    raise
+                failed = pending.popleft()
+                if failed.spec[2]:  # already decoded with PIL: not a decoding problem
+                    raise
+                warnings.warn(f"DALI failed on a batch ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__}); decoding it with PIL")
+                todo.extendleft(reversed([(failed.spec[0], failed.spec[1], True)] + [p.spec for p in pending]))
+                pending.clear()
+                del pipe
+                pipe = self._build(todo, pending)
+                continue
+            while pending[0].indices.numel() == 0:
+                pending.popleft()
+                self.batches_done += 1
+            rec = pending.popleft()
+            images = self._to_torch(out)
+            self.batches_done += 1
+            yield Batch(images, rec.labels.to(self.device, non_blocking=True), rec.indices, rec.dropped)
+        self.batches_done += len(pending)  # batches whose every sample was dropped
