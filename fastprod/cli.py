@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastprod.data import prepare, synth
+from fastprod.data import ffcv_writer, prepare, synth
 from fastprod.recipe import clean, ladder, lr_find
 from fastprod.train import cli as train_cli
 
-STAGES = (synth, prepare, train_cli, lr_find, clean, ladder)
+STAGES = (synth, prepare, ffcv_writer, train_cli, lr_find, clean, ladder)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,13 +8,14 @@ and the functions below turn them into a crop window, a flip, one 3x3 warp (rota
 output -> input pixel coordinates) and a cutout rectangle. The distributions are torchvision's
 (RandomResizedCrop, RandomHorizontalFlip, RandomRotation, RandomPerspective, RandomErasing).
 
-Every function here is plain Python on numpy scalars and arrays, so the FFCV operations compile the
-very same code with numba: both backends give the same parameters for the same sample, and a resumed
-run the same as an uninterrupted one.
+Every function here is plain Python on numpy scalars and arrays (no BLAS, no numpy RNG objects), so
+the FFCV operations compile the very same code with numba (`jitted()`): both backends give the same
+parameters for the same sample, and a resumed run the same as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -121,6 +122,15 @@ def _homography(src, dst):
     return m
 
 
+def _matmul3(a, b):
+    c = np.zeros((3, 3))
+    for i in range(3):
+        for j in range(3):
+            for k in range(3):
+                c[i, j] += a[i, k] * b[k, j]
+    return c
+
+
 def warp_matrix(u, size: int, rot_p: float, degrees: float, persp_p: float, distortion: float):
     """(matrix, any): the output -> input map (pixel centres at integer coordinates) of a rotation about the
     centre followed by a perspective distortion, at the output size; `any` is False when neither applies."""
@@ -142,7 +152,7 @@ def warp_matrix(u, size: int, rot_p: float, degrees: float, persp_p: float, dist
         theta = math.radians(-degrees + 2 * degrees * u[_ROT_ANGLE])
         c, s, mid = math.cos(theta), math.sin(theta), (size - 1) / 2
         r = np.array([[c, -s, mid - c * mid + s * mid], [s, c, mid - s * mid - c * mid], [0.0, 0.0, 1.0]])
-        m = r @ m  # output -> (perspective inverse) -> rotated image -> (rotation inverse) -> input
+        m = _matmul3(r, m)  # output -> (perspective inverse) -> rotated image -> (rotation inverse) -> input
     return m, rotate or distort
 
 
@@ -160,3 +170,22 @@ def cutout_box(u, size: int, p: float, scale_lo: float, scale_hi: float):
         if 0 < h < size and 0 < w < size:
             return _randint(u[_CUT_POS], size - h + 1), _randint(u[_CUT_POS + 1], size - w + 1), h, w
     return 0, 0, 0, 0
+
+
+_NUMBA_FUNCTIONS = ("sample_seed", "_randint", "_round", "crop_window", "center_window", "flips", "_solve",
+                    "_homography", "_matmul3", "warp_matrix", "cutout_box")
+
+
+@functools.lru_cache(maxsize=None)
+def jitted() -> dict:
+    """numba-compiled copies of this module's functions (by name), calling each other's compiled versions;
+    one set per process, so every FFCV loader reuses the compiled code."""
+    import types
+
+    from numba import njit
+
+    space = dict(globals())
+    for name in _NUMBA_FUNCTIONS:
+        f = globals()[name]
+        space[name] = njit(cache=False)(types.FunctionType(f.__code__, space, name, f.__defaults__))
+    return {name: space[name] for name in _NUMBA_FUNCTIONS}

@@ -1,10 +1,264 @@
-"""The FFCV backend (being written)."""
+"""The FFCV backend: a .beton per split (`fastprod write-ffcv`) read by FFCV's numba-compiled pipeline.
+
+Order, sharding and resume: FFCV's own orders (RANDOM / QUASI_RANDOM) are seeded per epoch but
+shard with torch's DistributedSampler and cannot start mid-epoch, so this loader replaces the
+traversal order with the PIL backend's: `sampler.epoch_batches` for (seed, epoch, rank), flattened
+from `batches_done` on. FFCV cuts that order into batches of `batch_size` (all full but the last of an
+eval epoch), so a resumed loader yields exactly the remaining batches.
+
+Augmentation randomness: FFCV's own random operators draw from numba's unseeded per-thread RNG, so
+the ones here are seeded per sample from (seed, epoch, index) (`augparams`, compiled with numba; the
+same parameters as the DALI backend's). The epoch is not a compile-time constant: every operation
+reads (seed, epoch) from a small array the loader owns, through its address (one memcpy per batch).
+
+Operations (train): `SeededRandomResizedCrop` (a RandomResizedCropRGBImageDecoder that also decodes
+the JPEG at a reduced DCT scale, 1/2, 1/4 or 1/8, when the crop is still at least the output size
+there) -> `SeededFlip` -> `SeededWarp` (rotation and perspective as one bilinear warp at the output
+size, mean-colour fill) -> `SeededCutout` -> ToTensor; the uint8 NHWC batch is normalised by torch on
+the training device. Eval: FFCV's CenterCropRGBImageDecoder (centre square of side short/eval_resize).
+An image that could not be read when the .beton was written is stored as a placeholder with ok=0;
+the loader drops it from its batch, counts it in `Batch.dropped` and logs it to the quarantine file.
+"""
 
 from __future__ import annotations
 
-from fastprod.data.loaders.base import Loader
+import json
+import os
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastprod.config import DataConfig
+from fastprod.data.augment import MEAN_UINT8, normalize_on_device
+from fastprod.data.loaders import augparams as ap
+from fastprod.data.loaders.base import Batch, Loader
+from fastprod.data.manifest import DatasetError, SplitView
+from fastprod.data.sampler import epoch_batches
 
 
-class FFCVLoader(Loader):  # placeholder until the backend lands
-    def __init__(self, *args, **kwargs) -> None:
-        raise NotImplementedError("data.backend=ffcv is not implemented yet")
+def beton_path(cfg: DataConfig, split: str) -> Path:
+    return Path(cfg.ffcv_dir or Path(cfg.manifest) / "ffcv") / f"{split}.beton"
+
+
+def _operations(box: np.ndarray, cfg: DataConfig):
+    """The seeded FFCV operations (defined here so that importing this module does not import ffcv)."""
+    from ffcv.fields.rgb_image import IMAGE_MODES, RandomResizedCropRGBImageDecoder
+    from ffcv.libffcv import ctypes_memcopy, imdecode, resize_crop
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.pipeline.operation import Operation
+
+    jit = ap.jitted()
+    seed_of, crop_window, flips = jit["sample_seed"], jit["crop_window"], jit["flips"]
+    warp_matrix, cutout_box = jit["warp_matrix"], jit["cutout_box"]
+    addr, n_uniforms, aug, size = box.ctypes.data, ap.N_UNIFORMS, cfg.augment, cfg.image_size
+    fill = np.array(MEAN_UINT8, dtype=np.uint8)
+
+    def uniforms_c(index):  # compiled inside the operations: (seed, epoch) from the loader's box
+        state = np.zeros(2, np.int64)
+        ctypes_memcopy(addr, state.ctypes.data, 16)
+        np.random.seed(seed_of(state[0], state[1], index))
+        u = np.empty(n_uniforms)
+        for k in range(n_uniforms):
+            u[k] = np.random.random()
+        return u
+
+    class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
+        def generate_code(self):
+            jpg, mem_read, my_range = IMAGE_MODES["jpg"], self.memory_read, Compiler.get_iterator()
+            imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
+            uniforms = Compiler.compile(uniforms_c)
+            (s_lo, s_hi), (r_lo, r_hi), (out_h, out_w) = self.scale, self.ratio, self.output_size
+
+            def decode(batch_indices, my_storage, metadata, storage_state):
+                destination, temp_storage = my_storage
+                for dst_ix in my_range(len(batch_indices)):
+                    source_ix = batch_indices[dst_ix]
+                    field = metadata[source_ix]
+                    image_data = mem_read(field["data_ptr"], storage_state)
+                    height, width = np.int64(field["height"]), np.int64(field["width"])
+                    top, left, h, w = crop_window(uniforms(source_ix), height, width, s_lo, s_hi, r_lo, r_hi)
+                    if field["mode"] == jpg:
+                        k = 8  # DCT scale k/8: the smallest power of two keeping the crop >= the output
+                        while k > 1 and h * (k // 2) >= 8 * out_h and w * (k // 2) >= 8 * out_w:
+                            k //= 2
+                        hs, ws = (height * k + 7) // 8, (width * k + 7) // 8
+                        temp = temp_storage[dst_ix]
+                        imdecode_c(image_data, temp, np.uint32(height), np.uint32(width), np.uint32(height),
+                                   np.uint32(width), 0, 0, k, 8, False, False)
+                        temp = temp.reshape(-1)[: 3 * hs * ws].reshape(hs, ws, 3)
+                        top, left = top * k // 8, left * k // 8
+                        h, w = min(max(1, h * k // 8), hs - top), min(max(1, w * k // 8), ws - left)
+                    else:
+                        temp = image_data.reshape(height, width, 3)
+                    resize_crop_c(temp, top, top + h, left, left + w, destination[dst_ix])
+                return destination[: len(batch_indices)]
+
+            decode.is_parallel = True
+            return decode
+
+    class _Seeded(Operation):
+        def declare_state_and_memory(self, previous_state):
+            return replace(previous_state, jit_mode=True), AllocationQuery(previous_state.shape, previous_state.dtype)
+
+    class SeededFlip(_Seeded):
+        def generate_code(self):
+            my_range, uniforms, p = Compiler.get_iterator(), Compiler.compile(uniforms_c), aug.hflip_p
+
+            def flip(images, dst, indices):
+                for i in my_range(images.shape[0]):
+                    if flips(uniforms(indices[i]), p):
+                        dst[i] = images[i, :, ::-1]
+                    else:
+                        dst[i] = images[i]
+                return dst
+
+            flip.is_parallel, flip.with_indices = True, True
+            return flip
+
+    class SeededWarp(_Seeded):
+        """Rotation then perspective as one output -> input map, bilinear, constant mean-colour border."""
+
+        def generate_code(self):
+            my_range, uniforms = Compiler.get_iterator(), Compiler.compile(uniforms_c)
+            rp, deg, pp, dist = aug.rotation_p, aug.rotation_degrees, aug.perspective_p, aug.perspective_distortion
+
+            def warp(images, dst, indices):
+                for i in my_range(images.shape[0]):
+                    m, active = warp_matrix(uniforms(indices[i]), size, rp, deg, pp, dist)
+                    if not active:
+                        dst[i] = images[i]
+                        continue
+                    src, out = images[i], dst[i]
+                    hh, ww = src.shape[0], src.shape[1]
+                    for y in range(out.shape[0]):
+                        for x in range(out.shape[1]):
+                            z = m[2, 0] * x + m[2, 1] * y + m[2, 2]
+                            sx = (m[0, 0] * x + m[0, 1] * y + m[0, 2]) / z
+                            sy = (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / z
+                            x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+                            fx, fy = sx - x0, sy - y0
+                            for c in range(3):
+                                acc = 0.0
+                                for dy in range(2):
+                                    for dx in range(2):
+                                        yy, xx = y0 + dy, x0 + dx
+                                        wgt = (fy if dy else 1.0 - fy) * (fx if dx else 1.0 - fx)
+                                        if 0 <= yy < hh and 0 <= xx < ww:
+                                            acc += wgt * src[yy, xx, c]
+                                        else:
+                                            acc += wgt * fill[c]
+                                out[y, x, c] = np.uint8(min(255.0, max(0.0, acc + 0.5)))
+                return dst
+
+            warp.is_parallel, warp.with_indices = True, True
+            return warp
+
+    class SeededCutout(_Seeded):
+        def generate_code(self):
+            my_range, uniforms = Compiler.get_iterator(), Compiler.compile(uniforms_c)
+            p, (lo, hi) = aug.cutout_p, aug.cutout_scale
+
+            def cutout(images, dst, indices):
+                for i in my_range(images.shape[0]):
+                    dst[i] = images[i]
+                    top, left, h, w = cutout_box(uniforms(indices[i]), size, p, lo, hi)
+                    for c in range(3):
+                        dst[i, top : top + h, left : left + w, c] = fill[c]
+                return dst
+
+            cutout.is_parallel, cutout.with_indices = True, True
+            return cutout
+
+    return SeededRandomResizedCrop, SeededFlip, SeededWarp, SeededCutout
+
+
+class _FixedOrder:
+    """An FFCV traversal order that returns whatever order the fastprod loader set for this pass."""
+
+    def __init__(self, order: np.ndarray) -> None:
+        self.order = order
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        return self.order
+
+
+class FFCVLoader(Loader):
+    def __init__(
+        self, split: SplitView, cfg: DataConfig, *, train: bool, rank: int, world: int, seed: int,
+        device: torch.device, channels_last: bool, quarantine_log: Path | None,
+    ) -> None:
+        super().__init__()
+        try:
+            from ffcv.fields.basics import IntDecoder
+            from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
+            from ffcv.loader import Loader as FFCV, OrderOption
+            from ffcv.transforms import ToTensor
+        except ImportError as err:  # pragma: no cover - depends on the install
+            raise ImportError("data.backend=ffcv needs FFCV: apt-get install libturbojpeg0-dev libopencv-dev; "
+                              "pip install 'fastprod[ffcv]'") from err
+        from fastprod.data.ffcv_writer import check_beton
+
+        self.split, self.train, self.rank, self.world, self.seed = split, train, rank, world, seed
+        self.device, self.channels_last, self.quarantine_log = device, channels_last, quarantine_log
+        self.batch_size = cfg.batch_size if train else cfg.eval_batch_size
+        path = beton_path(cfg, split.name)
+        check_beton(path, split)
+        self.box = np.array([seed, 0], dtype=np.int64)  # (seed, epoch), read by the compiled operations
+        size, aug = cfg.image_size, cfg.augment
+        if train:
+            crop, flip, warp, cutout = _operations(self.box, cfg)
+            ops = [crop((size, size), scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio))]
+            ops += [flip()] if aug.hflip_p > 0 else []
+            if (aug.rotation_p > 0 and aug.rotation_degrees > 0) or (aug.perspective_p > 0 and aug.perspective_distortion > 0):
+                ops.append(warp())
+            ops += [cutout()] if aug.cutout_p > 0 else []
+        else:
+            ops = [CenterCropRGBImageDecoder((size, size), ratio=1.0 / cfg.eval_resize)]
+        ints = lambda: [IntDecoder(), ToTensor()]  # noqa: E731
+        self._ffcv = FFCV(
+            str(path), batch_size=self.batch_size, num_workers=max(1, min(cfg.workers, os.cpu_count() or 1)),
+            order=OrderOption.SEQUENTIAL, drop_last=False, os_cache=True, batches_ahead=2,
+            pipelines={"image": ops + [ToTensor()], "label": ints(), "index": ints(), "ok": ints()},
+        )
+
+    def _batches(self) -> list[list[tuple[int, int]]]:
+        return epoch_batches(
+            len(self.split), self.batch_size, epoch=self.epoch, seed=self.seed, rank=self.rank,
+            world=self.world, shuffle=self.train, drop_last=self.train,
+        )
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def _quarantine(self, index: int) -> None:
+        record = {"path": self.split.paths[index], "index": index, "reason": "unreadable when the .beton was written"}
+        warnings.warn(f"quarantined at load time: {record['path']}: {record['reason']}")
+        if self.quarantine_log is not None:
+            with open(self.quarantine_log, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def __iter__(self):
+        remaining = self._batches()[self.batches_done :]
+        if not remaining:
+            return
+        order = np.array([i for batch in remaining for i, _ in batch], dtype=np.int64)
+        self.box[1] = self.epoch
+        self._ffcv.traversal_order = _FixedOrder(order)
+        self._ffcv.first_traversal_order = order  # FFCV sizes the pass (len) from this
+        for images, labels, indices, ok in self._ffcv:
+            self.batches_done += 1
+            good = ok.view(-1) == 1
+            dropped = int((~good).sum())
+            for i in indices.view(-1)[~good].tolist():
+                self._quarantine(i)
+            if not bool(good.any()):
+                continue
+            images = images[good] if dropped else images
+            yield Batch(
+                normalize_on_device(images.permute(0, 3, 1, 2), self.device, self.channels_last),
+                labels.view(-1)[good].to(self.device, non_blocking=True), indices.view(-1)[good].clone(), dropped,
+            )
