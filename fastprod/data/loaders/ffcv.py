@@ -22,6 +22,7 @@ the loader drops it from its batch, counts it in `Batch.dropped` and logs it to 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -43,21 +44,17 @@ def beton_path(cfg: DataConfig, split: str) -> Path:
     return Path(cfg.ffcv_dir or Path(cfg.manifest) / "ffcv") / f"{split}.beton"
 
 
-def _operations(box: np.ndarray, cfg: DataConfig):
-    """The seeded FFCV operations (defined here so that importing this module does not import ffcv)."""
-    from ffcv.fields.rgb_image import IMAGE_MODES, RandomResizedCropRGBImageDecoder
-    from ffcv.libffcv import ctypes_memcopy, imdecode, resize_crop
-    from ffcv.pipeline.allocation_query import AllocationQuery
-    from ffcv.pipeline.compiler import Compiler
-    from ffcv.pipeline.operation import Operation
+@functools.lru_cache(maxsize=None)
+def _kernels() -> dict:
+    """The per-sample work, compiled once per process (each FFCV loader only compiles thin loops around it)."""
+    from ffcv.libffcv import ctypes_memcopy
+    from numba import njit
 
     jit = ap.jitted()
-    seed_of, crop_window, flips = jit["sample_seed"], jit["crop_window"], jit["flips"]
-    warp_matrix, cutout_box = jit["warp_matrix"], jit["cutout_box"]
-    addr, n_uniforms, aug, size = box.ctypes.data, ap.N_UNIFORMS, cfg.augment, cfg.image_size
-    fill = np.array(MEAN_UINT8, dtype=np.uint8)
+    seed_of, n_uniforms = jit["sample_seed"], ap.N_UNIFORMS
 
-    def uniforms_c(index):  # compiled inside the operations: (seed, epoch) from the loader's box
+    @njit
+    def uniforms(addr, index):  # (seed, epoch) from the loader's box at `addr`
         state = np.zeros(2, np.int64)
         ctypes_memcopy(addr, state.ctypes.data, 16)
         np.random.seed(seed_of(state[0], state[1], index))
@@ -66,11 +63,53 @@ def _operations(box: np.ndarray, cfg: DataConfig):
             u[k] = np.random.random()
         return u
 
+    @njit
+    def warp_one(src, out, m, fill):  # out[y, x] = bilinear src at m @ (x, y, 1); mean colour outside
+        hh, ww = src.shape[0], src.shape[1]
+        for y in range(out.shape[0]):
+            for x in range(out.shape[1]):
+                z = m[2, 0] * x + m[2, 1] * y + m[2, 2]
+                sx = (m[0, 0] * x + m[0, 1] * y + m[0, 2]) / z
+                sy = (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / z
+                x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+                fx, fy = sx - x0, sy - y0
+                for c in range(3):
+                    acc = 0.0
+                    for dy in range(2):
+                        for dx in range(2):
+                            yy, xx = y0 + dy, x0 + dx
+                            wgt = (fy if dy else 1.0 - fy) * (fx if dx else 1.0 - fx)
+                            acc += wgt * (src[yy, xx, c] if 0 <= yy < hh and 0 <= xx < ww else fill[c])
+                    out[y, x, c] = np.uint8(min(255.0, max(0.0, acc + 0.5)))
+
+    @njit
+    def cutout_one(out, top, left, h, w, fill):
+        for y in range(top, top + h):
+            for x in range(left, left + w):
+                for c in range(3):
+                    out[y, x, c] = fill[c]
+
+    return {**jit, "uniforms": uniforms, "warp_one": warp_one, "cutout_one": cutout_one}
+
+
+def _operations(box: np.ndarray, cfg: DataConfig):
+    """The seeded FFCV operations (defined here so that importing this module does not import ffcv)."""
+    from ffcv.fields.rgb_image import IMAGE_MODES, RandomResizedCropRGBImageDecoder
+    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.pipeline.operation import Operation
+
+    k = _kernels()
+    uniforms, crop_window, flips, warp_matrix = k["uniforms"], k["crop_window"], k["flips"], k["warp_matrix"]
+    cutout_box, warp_one, cutout_one = k["cutout_box"], k["warp_one"], k["cutout_one"]
+    addr, aug, size = box.ctypes.data, cfg.augment, cfg.image_size
+    fill = np.array(MEAN_UINT8, dtype=np.uint8)
+
     class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
         def generate_code(self):
             jpg, mem_read, my_range = IMAGE_MODES["jpg"], self.memory_read, Compiler.get_iterator()
             imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
-            uniforms = Compiler.compile(uniforms_c)
             (s_lo, s_hi), (r_lo, r_hi), (out_h, out_w) = self.scale, self.ratio, self.output_size
 
             def decode(batch_indices, my_storage, metadata, storage_state):
@@ -80,7 +119,7 @@ def _operations(box: np.ndarray, cfg: DataConfig):
                     field = metadata[source_ix]
                     image_data = mem_read(field["data_ptr"], storage_state)
                     height, width = np.int64(field["height"]), np.int64(field["width"])
-                    top, left, h, w = crop_window(uniforms(source_ix), height, width, s_lo, s_hi, r_lo, r_hi)
+                    top, left, h, w = crop_window(uniforms(addr, source_ix), height, width, s_lo, s_hi, r_lo, r_hi)
                     if field["mode"] == jpg:
                         k = 8  # DCT scale k/8: the smallest power of two keeping the crop >= the output
                         while k > 1 and h * (k // 2) >= 8 * out_h and w * (k // 2) >= 8 * out_w:
@@ -106,11 +145,11 @@ def _operations(box: np.ndarray, cfg: DataConfig):
 
     class SeededFlip(_Seeded):
         def generate_code(self):
-            my_range, uniforms, p = Compiler.get_iterator(), Compiler.compile(uniforms_c), aug.hflip_p
+            my_range, p = Compiler.get_iterator(), aug.hflip_p
 
             def flip(images, dst, indices):
                 for i in my_range(images.shape[0]):
-                    if flips(uniforms(indices[i]), p):
+                    if flips(uniforms(addr, indices[i]), p):
                         dst[i] = images[i, :, ::-1]
                     else:
                         dst[i] = images[i]
@@ -123,35 +162,16 @@ def _operations(box: np.ndarray, cfg: DataConfig):
         """Rotation then perspective as one output -> input map, bilinear, constant mean-colour border."""
 
         def generate_code(self):
-            my_range, uniforms = Compiler.get_iterator(), Compiler.compile(uniforms_c)
+            my_range = Compiler.get_iterator()
             rp, deg, pp, dist = aug.rotation_p, aug.rotation_degrees, aug.perspective_p, aug.perspective_distortion
 
             def warp(images, dst, indices):
                 for i in my_range(images.shape[0]):
-                    m, active = warp_matrix(uniforms(indices[i]), size, rp, deg, pp, dist)
-                    if not active:
+                    m, active = warp_matrix(uniforms(addr, indices[i]), size, rp, deg, pp, dist)
+                    if active:
+                        warp_one(images[i], dst[i], m, fill)
+                    else:
                         dst[i] = images[i]
-                        continue
-                    src, out = images[i], dst[i]
-                    hh, ww = src.shape[0], src.shape[1]
-                    for y in range(out.shape[0]):
-                        for x in range(out.shape[1]):
-                            z = m[2, 0] * x + m[2, 1] * y + m[2, 2]
-                            sx = (m[0, 0] * x + m[0, 1] * y + m[0, 2]) / z
-                            sy = (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / z
-                            x0, y0 = int(np.floor(sx)), int(np.floor(sy))
-                            fx, fy = sx - x0, sy - y0
-                            for c in range(3):
-                                acc = 0.0
-                                for dy in range(2):
-                                    for dx in range(2):
-                                        yy, xx = y0 + dy, x0 + dx
-                                        wgt = (fy if dy else 1.0 - fy) * (fx if dx else 1.0 - fx)
-                                        if 0 <= yy < hh and 0 <= xx < ww:
-                                            acc += wgt * src[yy, xx, c]
-                                        else:
-                                            acc += wgt * fill[c]
-                                out[y, x, c] = np.uint8(min(255.0, max(0.0, acc + 0.5)))
                 return dst
 
             warp.is_parallel, warp.with_indices = True, True
@@ -159,15 +179,14 @@ def _operations(box: np.ndarray, cfg: DataConfig):
 
     class SeededCutout(_Seeded):
         def generate_code(self):
-            my_range, uniforms = Compiler.get_iterator(), Compiler.compile(uniforms_c)
+            my_range = Compiler.get_iterator()
             p, (lo, hi) = aug.cutout_p, aug.cutout_scale
 
             def cutout(images, dst, indices):
                 for i in my_range(images.shape[0]):
                     dst[i] = images[i]
-                    top, left, h, w = cutout_box(uniforms(indices[i]), size, p, lo, hi)
-                    for c in range(3):
-                        dst[i, top : top + h, left : left + w, c] = fill[c]
+                    top, left, h, w = cutout_box(uniforms(addr, indices[i]), size, p, lo, hi)
+                    cutout_one(dst[i], top, left, h, w, fill)
                 return dst
 
             cutout.is_parallel, cutout.with_indices = True, True
@@ -219,11 +238,13 @@ class FFCVLoader(Loader):
         else:
             ops = [CenterCropRGBImageDecoder((size, size), ratio=1.0 / cfg.eval_resize)]
         ints = lambda: [IntDecoder(), ToTensor()]  # noqa: E731
+        torch_threads = torch.get_num_threads()  # FFCV sets torch's thread count to its own; keep the trainer's
         self._ffcv = FFCV(
             str(path), batch_size=self.batch_size, num_workers=max(1, min(cfg.workers, os.cpu_count() or 1)),
             order=OrderOption.SEQUENTIAL, drop_last=False, os_cache=True, batches_ahead=2,
             pipelines={"image": ops + [ToTensor()], "label": ints(), "index": ints(), "ok": ints()},
         )
+        torch.set_num_threads(torch_threads)
 
     def _batches(self) -> list[list[tuple[int, int]]]:
         return epoch_batches(

@@ -1,0 +1,229 @@
+"""The DALI and FFCV backends against the PIL reference, on the CPU (no mocks: both libraries run here).
+
+Per backend: shapes, dtype, normalisation and labels/indices attached to the right images (image i's
+mean colour encodes i); eval views agree across backends within decoder/resampler tolerance;
+augmentations off give the eval view, on change every image, and at probability p change exactly the
+samples whose seeded parameters say so; a resumed loader yields the same remaining batches; corrupt
+files are dropped and quarantined without ending the epoch. FFCV loaders compile for ~10 s each, so
+they are built once per configuration and shared.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("nvidia.dali")
+pytest.importorskip("ffcv")
+
+from fastprod.config import AugmentConfig, DataConfig  # noqa: E402
+from fastprod.data.augment import MEAN, STD  # noqa: E402
+from fastprod.data.ffcv_writer import write_beton  # noqa: E402
+from fastprod.data.loaders import augparams as ap  # noqa: E402
+from fastprod.data.loaders import create_loader  # noqa: E402
+from fastprod.data.manifest import Manifest  # noqa: E402
+from fastprod.data.prepare import prepare  # noqa: E402
+
+N, SIZE, SEED = 20, 32, 5
+OFF = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), rotation_p=0.0, hflip_p=0.0, perspective_p=0.0, cutout_p=0.0)
+ALL_ON = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), rotation_p=1.0, hflip_p=1.0, perspective_p=1.0, cutout_p=1.0)
+SOME = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), rotation_p=0.25, hflip_p=0.25, perspective_p=0.25, cutout_p=0.25)
+
+
+def colour(i: int) -> tuple[int, int, int]:
+    return (30 + 9 * i, 220 - 8 * i, 60 + 6 * i)
+
+
+def _image(i: int) -> np.ndarray:
+    """A horizontal ramp around colour(i), wider than high (the centre square keeps the mean)."""
+    h, w = 40 + 4 * (i % 3), 56
+    ramp = np.linspace(-20, 20, w)[None, :, None]
+    return np.clip(np.array(colour(i))[None, None, :] + ramp, 0, 255).repeat(h, 0).astype(np.uint8)
+
+
+def _dataset(root: Path, n: int) -> Manifest:
+    entries = []
+    for i in range(n):
+        cls, name = f"{i % 3:05d}", f"{i:04d}.png" if i % 7 == 3 else f"{i:04d}.jpg"
+        (root / "train" / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_image(i)).save(root / "train" / cls / name, quality=95)
+        entries.append({"image_id": name, "class_id": cls})
+    (root / "train.json").write_text(json.dumps({"images": entries}))
+    (root / "val.json").write_text(json.dumps({"images": []}))
+    return prepare(root, root / "prepared", workers=1)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Manifest:
+    """N images (PNG for i % 7 == 3, JPEG q95 otherwise) and a raw-pixel .beton of them."""
+    manifest = _dataset(tmp_path_factory.mktemp("backends"), N)
+    write_beton(manifest.split("train"), manifest.directory / "ffcv" / "train.beton", write_mode="raw", workers=1)
+    return manifest
+
+
+def config(manifest: Manifest, backend: str, **augment) -> DataConfig:
+    return DataConfig(manifest=str(manifest.directory), backend=backend, image_size=SIZE, eval_resize=1.0,
+                      batch_size=4, eval_batch_size=6, workers=1 if backend == "ffcv" else 2,  # ffcv: 1 thread
+                      augment=AugmentConfig(**augment))  # compiles without numba's parallel pass, 3-5x sooner
+
+
+_LOADERS: dict = {}
+
+
+def loader(manifest: Manifest, backend: str, train: bool, aug: dict | None = None, **kw):
+    """A shared loader per configuration (rewound, epoch 0); FFCV loaders are expensive to build."""
+    key = (str(manifest.directory), backend, train, tuple(sorted((aug or {}).items())), tuple(sorted(kw.items())))
+    if key not in _LOADERS:
+        _LOADERS[key] = create_loader(manifest.split("train"), config(manifest, backend, **(aug or {})), train=train,
+                                      seed=SEED, channels_last=False, **kw)
+    result = _LOADERS[key]
+    result.load_state_dict({"epoch": 0, "batches_done": 0})
+    return result
+
+
+def by_index(batches) -> dict[int, torch.Tensor]:
+    return {int(i): img.clone() for b in batches for img, i in zip(b.images, b.indices)}
+
+
+@pytest.mark.parametrize("backend", ["pil", "dali", "ffcv"])
+def test_eval_batches_are_normalised_and_attached(dataset, backend):
+    split = dataset.split("train")
+    batches = list(loader(dataset, backend, train=False))
+    assert torch.cat([b.indices for b in batches]).tolist() == list(range(N))
+    for b in batches:
+        assert b.images.dtype == torch.float32 and b.images.shape[1:] == (3, SIZE, SIZE) and b.dropped == 0
+        assert b.labels.dtype == torch.int64
+        for image, label, index in zip(b.images, b.labels, b.indices):
+            i = int(Path(split.paths[index]).stem)
+            assert label == split.labels[index] == dataset.class_ids.index(f"{i % 3:05d}")
+            expected = (np.array(colour(i)) / 255.0 - np.array(MEAN)) / np.array(STD)
+            np.testing.assert_allclose(image.double().mean(dim=(1, 2)).numpy(), expected, atol=0.05)
+
+
+def test_eval_views_agree_across_backends(dataset):
+    views = {name: by_index(loader(dataset, name, train=False)) for name in ("pil", "dali", "ffcv")}
+    for name in ("dali", "ffcv"):
+        diff = torch.stack([(views[name][i] - views["pil"][i]).abs() for i in range(N)])
+        assert diff.mean() < 0.03 and diff.max() < 0.3, (name, diff.mean(), diff.max())  # ~1 and ~17 grey levels
+
+
+@pytest.mark.parametrize("backend", ["dali", "ffcv"])
+def test_augmentations_off_give_the_eval_view_and_on_change_every_image(dataset, backend):
+    reference = by_index(loader(dataset, backend, train=False))
+    plain = by_index(loader(dataset, backend, train=True, aug=OFF))
+    assert len(plain) == N // 4 * 4
+    for i, img in plain.items():
+        torch.testing.assert_close(img, reference[i], atol=1e-5, rtol=0)
+    for i, img in by_index(loader(dataset, backend, train=True, aug=ALL_ON)).items():
+        assert not torch.allclose(img, reference[i], atol=1e-3), i
+
+
+def test_each_dali_augmentation_alone(dataset):
+    reference = by_index(loader(dataset, "dali", train=False))
+    for name in ("hflip_p", "rotation_p", "perspective_p", "cutout_p"):
+        for i, img in by_index(loader(dataset, "dali", train=True, aug={**OFF, name: 1.0})).items():
+            assert not torch.allclose(img, reference[i], atol=1e-3), (name, i)
+            if name == "hflip_p":
+                torch.testing.assert_close(img, reference[i].flip(-1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["dali", "ffcv"])
+def test_augmentations_apply_to_the_samples_their_seeded_probability_picks(dataset, backend):
+    reference = by_index(loader(dataset, backend, train=False))
+    got = by_index(loader(dataset, backend, train=True, aug=SOME))
+    changed, expected = set(), set()
+    for i, img in got.items():
+        if not torch.allclose(img, reference[i], atol=1e-3):
+            changed.add(i)
+        u = ap.uniforms(SEED, 0, i)
+        if ap.flips(u, 0.25) or ap.warp_matrix(u, SIZE, 0.25, 15.0, 0.25, 0.3)[1] or ap.cutout_box(u, SIZE, 0.25, 0.02, 0.2)[2]:
+            expected.add(i)
+    assert changed == expected and 0 < len(changed) < len(got)
+
+
+@pytest.mark.parametrize("backend", ["dali", "ffcv"])
+def test_resume_mid_epoch_gives_the_same_remaining_batches(dataset, backend):
+    first = loader(dataset, backend, train=True, aug=SOME)
+    first.set_epoch(2)
+    full = [(b.images.clone(), b.indices.clone(), b.labels.clone()) for b in first]
+    assert len(full) == N // 4
+    first.load_state_dict({"epoch": 2, "batches_done": 0})
+    it = iter(first)
+    next(it), next(it)
+    it.close()  # stopped after two batches
+    state = first.state_dict()
+    assert state == {"epoch": 2, "batches_done": 2}
+    # DALI: a new loader; FFCV: the same one (a new one would recompile), restored from the state
+    resumed = create_loader(dataset.split("train"), config(dataset, "dali", **SOME), train=True, seed=SEED,
+                            channels_last=False) if backend == "dali" else first
+    resumed.load_state_dict(state)
+    rest = [(b.images, b.indices, b.labels) for b in resumed]
+    assert len(rest) == len(full) - 2
+    for (a, ia, la), (b, ib, lb) in zip(full[2:], rest):
+        assert torch.equal(ia, ib) and torch.equal(la, lb) and torch.equal(a, b)
+    resumed.set_epoch(3)
+    assert torch.cat([b.indices for b in resumed]).tolist() != torch.cat([i for _, i, _ in full]).tolist()
+
+
+def test_dali_ranks_get_disjoint_shards(dataset):
+    cfg = config(dataset, "dali")
+    shards = [torch.cat([b.indices for b in create_loader(dataset.split("train"), cfg, train=True, rank=r, world=2)])
+              for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) and not set(shards[0].tolist()) & set(shards[1].tolist())
+
+
+def test_dali_corrupt_files_do_not_kill_the_epoch(dataset, tmp_path):
+    split = dataset.split("train")
+    garbage, truncated = Path(split.paths[5]), Path(split.paths[8])  # both JPEGs
+    saved = {p: p.read_bytes() for p in (garbage, truncated)}
+    log = tmp_path / "quarantine.jsonl"
+    try:
+        garbage.write_bytes(b"\xff\xd8\xff" + bytes(100))  # fails in Python (PIL)
+        truncated.write_bytes(saved[truncated][: len(saved[truncated]) // 3])  # header fine, DALI's decoder fails
+        with pytest.warns(UserWarning, match="quarantined"):
+            batches = list(create_loader(split, config(dataset, "dali"), train=False, quarantine_log=log))
+        assert sum(b.dropped for b in batches) == 2
+        seen = torch.cat([b.indices for b in batches]).tolist()
+        assert seen == [i for i in range(N) if i not in (5, 8)]
+        assert {json.loads(line)["index"] for line in log.read_text().splitlines()} == {5, 8}
+        # a new run with the same log skips both up front, without decoding or warning again
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            again = list(create_loader(split, config(dataset, "dali"), train=False, quarantine_log=log))
+        assert sum(b.dropped for b in again) == 2 and sum(len(b.indices) for b in again) == N - 2
+    finally:
+        for p, data in saved.items():
+            p.write_bytes(data)
+
+
+def test_ffcv_unreadable_image_is_dropped_and_quarantined(tmp_path):
+    manifest = _dataset(tmp_path / "raw", 8)
+    split = manifest.split("train")
+    Path(split.paths[2]).write_bytes(b"\xff\xd8\xff" + bytes(50))
+    write_beton(split, manifest.directory / "ffcv" / "train.beton", workers=1)
+    log = tmp_path / "quarantine.jsonl"
+    with pytest.warns(UserWarning, match="quarantined"):
+        batches = list(create_loader(split, config(manifest, "ffcv"), train=False, quarantine_log=log))
+    assert sum(b.dropped for b in batches) == 1
+    assert torch.cat([b.indices for b in batches]).tolist() == [0, 1, 3, 4, 5, 6, 7]
+    assert json.loads(log.read_text())["index"] == 2
+
+
+def test_ffcv_refuses_a_beton_of_other_rows(dataset, tmp_path):
+    from fastprod.data.manifest import DatasetError
+
+    other = tmp_path / "ffcv"
+    other.mkdir()
+    shutil.copy(dataset.directory / "ffcv" / "train.beton", other / "train.beton")
+    meta = json.loads((dataset.directory / "ffcv" / "train.beton.json").read_text())
+    (other / "train.beton.json").write_text(json.dumps({**meta, "paths_sha1": "0" * 40}))
+    cfg = DataConfig(**{**config(dataset, "ffcv").__dict__, "ffcv_dir": str(other)})
+    with pytest.raises(DatasetError, match="write-ffcv"):
+        create_loader(dataset.split("train"), cfg, train=False)
