@@ -12,5 +12,6 @@ if ! dpkg -s libturbojpeg0-dev libopencv-dev >/dev/null 2>&1; then
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q libturbojpeg0-dev libopencv-dev
 fi
-# dali and ffcv: every data backend is tested on the CPU (DALI pipelines run with device_id=None).
-.venv/bin/python -m pip install -q -e '.[dev,dali,ffcv]'
+# dali and ffcv: every data backend is tested on the CPU (DALI pipelines run with device_id=None);
+# onnx: the onnxruntime scoring engine is tested on the CPU.
+.venv/bin/python -m pip install -q -e '.[dev,dali,ffcv,onnx]'

@@ -1,0 +1,314 @@
+"""Class-based weighted ensemble (seed section 5), vectorised and streamed from float16 memmaps.
+
+    fastprod ensemble fit   --preds P1 P2 ... --labels VAL [--split val] --out W.npz
+                            [--scaling power|softmax] [--holdout 0.3] [--min-count 5]
+    fastprod ensemble apply --weights W.npz|uniform --preds P1 P2 ... --out DIR [--topk 5] [--probs]
+
+Each P is a `fastprod score --probs` directory (probs.npy float16 [N, C] + images.parquet) or a
+bare .npy; all must list the same images in the same order. VAL gives the labels: a prepared
+manifest (matched by image_id), a score directory (its label column) or a .npy of ints.
+
+Fitting. Rows with a label and finite probabilities in every model are cut, stratified by class,
+into a fitting part A and a held-out part B (`holdout`). On A, per model m and class c,
+acc[m, c] = accuracy of model m's arg-max on the samples of class c; a class with fewer than
+`min_count` samples in A uses model m's global accuracy instead (a handful of samples says little
+about a class). The weights are w[m, c] = f(acc[m, c]) / sum_m' f(acc[m', c]) with f a documented
+nonlinear scaling:
+    power     f = acc ** p            p in POWERS (p = 0 is the plain average; large p -> per-class best model)
+    softmax   f = exp(acc / T)        T in TEMPERATURES (large T -> plain average)
+The grid value with the lowest top-1 error on B is chosen; the weights are then recomputed from all
+fitting rows (A and B) with that value. W.npz holds weights [M, C] float32, acc, counts,
+global_acc, the scaling, its value and the error of every grid value on B.
+
+Applying. prediction[n, c] = sum_m w[m, c] * P_m[n, c], computed in row chunks: each chunk of each
+model is read from its memory-mapped float16 file, and accumulated into one float32 [rows, C] buffer
+with multi-threaded torch (`addcmul_`, on the GPU with --device cuda), so memory stays
+O(chunk x C) whatever M x N x C is (8 x 150k x 50,030 float16 is 120 GB of files).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+POWERS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+TEMPERATURES = (1.0, 0.3, 0.1, 0.05, 0.03, 0.02, 0.01, 0.005)
+
+
+class Preds:
+    """One model's probabilities: a read-only float16 memmap [N, C] and, for score dirs, image ids/labels."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        npy = self.path / "probs.npy" if self.path.is_dir() else self.path
+        if not npy.is_file():
+            raise FileNotFoundError(f"{self.path}: no probs.npy (score with `fastprod score --probs`)")
+        self.probs = np.load(npy, mmap_mode="r")
+        if self.probs.ndim != 2:
+            raise ValueError(f"{npy}: expected a [N, C] matrix, got shape {self.probs.shape}")
+        self.image_ids, self.labels = None, None
+        if self.path.is_dir() and (self.path / "images.parquet").is_file():
+            table = pq.read_table(self.path / "images.parquet")
+            self.image_ids = table["image_id"].to_pylist()
+            self.labels = table["label"].to_numpy().astype(np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.probs.shape
+
+
+def load_preds(paths: list[str | Path]) -> list[Preds]:
+    preds = [Preds(p) for p in paths]
+    for p in preds[1:]:
+        if p.shape != preds[0].shape:
+            raise ValueError(f"{p.path} has shape {p.shape}, {preds[0].path} {preds[0].shape}: not the same images/classes")
+        if p.image_ids is not None and preds[0].image_ids is not None and p.image_ids != preds[0].image_ids:
+            raise ValueError(f"{p.path} and {preds[0].path} list different images (or in another order)")
+    return preds
+
+
+def load_labels(source: str | Path, preds: list[Preds], split: str = "val") -> np.ndarray:
+    """Labels in the row order of `preds`: from a manifest (by image_id), a score dir or a .npy."""
+    source = Path(source)
+    n = preds[0].shape[0]
+    if source.suffix == ".npy":
+        labels = np.load(source).astype(np.int64)
+    elif (source / "images.parquet").is_file():
+        labels = pq.read_table(source / "images.parquet")["label"].to_numpy().astype(np.int64)
+    else:
+        from fastprod.data.manifest import Manifest
+
+        view = Manifest.load(source).split(split)
+        ids = preds[0].image_ids
+        if ids is None:
+            raise ValueError("--labels from a manifest needs score directories (their image ids), not bare .npy")
+        by_id = dict(zip(view.image_ids, view.labels.tolist()))
+        labels = np.array([by_id.get(i, -1) for i in ids], dtype=np.int64)
+    if len(labels) != n:
+        raise ValueError(f"--labels {source}: {len(labels)} labels for {n} scored images")
+    return labels
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():  # a read-only memmap: torch only reads it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
+def _chunks(n: int, chunk: int):
+    for lo in range(0, n, chunk):
+        yield lo, min(n, lo + chunk)
+
+
+def argmax_and_finite(preds: list[Preds], chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """[M, N] arg-max class per model and [N] whether every model's row is finite."""
+    n = preds[0].shape[0]
+    arg = np.empty((len(preds), n), dtype=np.int64)
+    finite = np.ones(n, dtype=bool)
+    for lo, hi in _chunks(n, chunk):
+        for m, p in enumerate(preds):
+            x = _tensor(p.probs[lo:hi]).float()
+            finite[lo:hi] &= torch.isfinite(x).all(1).numpy()
+            arg[m, lo:hi] = x.nan_to_num(-1.0).argmax(1).numpy()
+    return arg, finite
+
+
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int, min_count: int = 1):
+    """acc [M, C], counts [C], global accuracy [M]; classes with < min_count samples get the global accuracy."""
+    pred = np.atleast_2d(pred)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.int64)
+    correct = np.stack([np.bincount(labels[p == labels], minlength=num_classes) for p in pred]).astype(np.float64)
+    global_acc = correct.sum(1) / max(1, len(labels))
+    acc = correct / np.maximum(counts, 1)
+    rare = counts < max(1, min_count)
+    acc[:, rare] = global_acc[:, None]
+    return acc, counts, global_acc
+
+
+def class_weights(acc: np.ndarray, scaling: str, value: float) -> np.ndarray:
+    """w[m, c] = f(acc[m, c]) normalised over m (see the module docstring); float64 [M, C]."""
+    acc = np.asarray(acc, dtype=np.float64)
+    if scaling == "power":
+        f = np.ones_like(acc) if value == 0 else np.power(acc, value)
+    elif scaling == "softmax":
+        z = acc / value
+        f = np.exp(z - z.max(0, keepdims=True))
+    else:
+        raise ValueError(f"scaling: {scaling!r} is not power or softmax")
+    total = f.sum(0, keepdims=True)
+    uniform = np.full_like(f, 1.0 / len(f))
+    return np.where(total > 0, f / np.where(total > 0, total, 1.0), uniform)
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of held-out rows: round(fraction * n_c) per class, never a class's only sample."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        take = min(int(round(fraction * len(members))), len(members) - 1)
+        held[members[:take]] = True
+    return held
+
+
+def ensemble_errors(preds: list[Preds], rows: np.ndarray, labels: np.ndarray, weights: list[np.ndarray],
+                    chunk: int = 512) -> np.ndarray:
+    """Top-1 error on `rows` of each candidate weight matrix [M, C]."""
+    W = torch.from_numpy(np.stack(weights)).float()  # [K, M, C]
+    wrong = np.zeros(len(weights))
+    for lo, hi in _chunks(len(rows), chunk):
+        idx = rows[lo:hi]
+        X = torch.stack([_tensor(np.ascontiguousarray(p.probs[idx])).float() for p in preds])  # [M, b, C]
+        y = torch.from_numpy(labels[idx])
+        for k in range(len(weights)):
+            pred = (X * W[k][:, None, :]).sum(0).argmax(1)
+            wrong[k] += (pred != y).sum().item()
+    return wrong / max(1, len(rows))
+
+
+def fit(preds: list[Preds], labels: np.ndarray, *, scaling: str = "power", grid: tuple | None = None,
+        holdout: float = 0.3, min_count: int = 5, seed: int = 0) -> dict:
+    """Choose the scaling value on a held-out part, then fit the per-class weights on all fitting rows."""
+    grid = tuple(grid or (POWERS if scaling == "power" else TEMPERATURES))
+    num_classes = preds[0].shape[1]
+    arg, finite = argmax_and_finite(preds)
+    usable = np.flatnonzero(finite & (labels >= 0))
+    if len(usable) == 0:
+        raise ValueError("ensemble fit: no rows with a label and finite probabilities in every model")
+    y = labels[usable]
+    held = stratified_holdout(y, holdout, seed)
+    acc_a, _, _ = per_class_accuracy(arg[:, usable[~held]], y[~held], num_classes, min_count)
+    candidates = [class_weights(acc_a, scaling, v) for v in grid]
+    errors = ensemble_errors(preds, usable[held], labels, candidates) if held.any() else np.zeros(len(grid))
+    best = int(np.argmin(errors))  # ties: the first (smallest power / largest temperature) grid value
+    acc, counts, global_acc = per_class_accuracy(arg[:, usable], y, num_classes, min_count)
+    single = [(arg[m, usable[held]] != y[held]).mean() if held.any() else float("nan") for m in range(len(preds))]
+    return {
+        "weights": class_weights(acc, scaling, grid[best]).astype(np.float32), "acc": acc, "counts": counts,
+        "global_acc": global_acc, "scaling": scaling, "value": float(grid[best]), "grid": list(map(float, grid)),
+        "holdout_errors": errors.tolist(), "single_model_holdout_errors": [float(e) for e in single],
+        "fit_rows": int(len(usable)), "holdout_rows": int(held.sum()), "min_count": min_count,
+        "preds": [str(p.path) for p in preds],
+    }
+
+
+def save_weights(result: dict, path: str | Path) -> None:
+    info = {k: v for k, v in result.items() if k not in ("weights", "acc", "counts", "global_acc")}
+    np.savez(path, weights=result["weights"], acc=result["acc"], counts=result["counts"],
+             global_acc=result["global_acc"], info=np.array(json.dumps(info)))
+
+
+def load_weights(path: str | Path, num_models: int, num_classes: int) -> np.ndarray:
+    if str(path) == "uniform":
+        return np.full((num_models, num_classes), 1.0 / num_models, dtype=np.float32)
+    with np.load(path) as f:
+        w = f["weights"].astype(np.float32)
+    if w.shape != (num_models, num_classes):
+        raise ValueError(f"--weights {path}: shape {w.shape}, but {num_models} preds of {num_classes} classes were given")
+    return w
+
+
+def weighted_sum(probs: list[np.ndarray], weights: torch.Tensor, lo: int, hi: int,
+                 device: torch.device, out: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_m weights[m] * probs[m][lo:hi] as float32 [hi - lo, C] on `device` (weights already there)."""
+    for m, p in enumerate(probs):
+        x = _tensor(p[lo:hi])
+        if device.type != "cpu":
+            x = x.pin_memory().to(device, non_blocking=True)
+        if m == 0:
+            out = torch.mul(x, weights[0], out=out[: hi - lo] if out is not None else None)
+        else:
+            out.addcmul_(x, weights[m])
+    return out
+
+
+def apply(preds: list[Preds], weights: np.ndarray, out_dir: str | Path, *, topk: int = 5, save_probs: bool = False,
+          chunk: int = 256, device: str = "cpu", labels: np.ndarray | None = None) -> dict:
+    """Write the ensemble's top-k (predictions.parquet) and optionally its float16 probabilities."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n, C = preds[0].shape
+    dev = torch.device(device)
+    w = torch.from_numpy(weights).float().to(dev)
+    probs = [p.probs for p in preds]
+    mm = np.lib.format.open_memmap(out_dir / "probs.npy", mode="w+", dtype=np.float16, shape=(n, C)) if save_probs else None
+    top_p = np.empty((n, topk), dtype=np.float32)
+    top_i = np.empty((n, topk), dtype=np.int32)
+    buf = torch.empty((chunk, C), dtype=torch.float32, device=dev)
+    for lo, hi in _chunks(n, chunk):
+        s = weighted_sum(probs, w, lo, hi, dev, buf)
+        p, i = s.topk(min(topk, C), dim=1)
+        top_p[lo:hi], top_i[lo:hi] = p.cpu().numpy(), i.cpu().numpy()
+        if mm is not None:
+            mm[lo:hi] = s.half().cpu().numpy()
+    ok = np.isfinite(top_p).all(1)
+    top_i[~ok], top_p[~ok] = -1, np.nan
+    if mm is not None:
+        mm.flush()
+    ids = preds[0].image_ids or [str(j) for j in range(n)]
+    lab = labels if labels is not None else (preds[0].labels if preds[0].labels is not None else np.full(n, -1))
+    pq.write_table(pa.table({
+        "image_id": ids, "label": pa.array(lab, pa.int32()), "ok": ok, "pred": pa.array(top_i[:, 0], pa.int32()),
+        "topk_labels": pa.array(list(top_i), pa.list_(pa.int32())),
+        "topk_probs": pa.array(list(top_p), pa.list_(pa.float32())),
+    }), out_dir / "predictions.parquet")
+    known = ok & (lab >= 0)
+    summary = {"images": n, "models": len(preds), "missing": int((~ok).sum()),
+               "top1_error": float((top_i[known, 0] != lab[known]).mean()) if known.any() else None}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _fit_cli(args) -> int:
+    preds = load_preds(args.preds)
+    labels = load_labels(args.labels, preds, args.split)
+    result = fit(preds, labels, scaling=args.scaling, holdout=args.holdout, min_count=args.min_count, seed=args.seed)
+    save_weights(result, args.out)
+    print(json.dumps({k: result[k] for k in ("scaling", "value", "grid", "holdout_errors",
+                                              "single_model_holdout_errors", "fit_rows", "holdout_rows")}))
+    return 0
+
+
+def _apply_cli(args) -> int:
+    preds = load_preds(args.preds)
+    weights = load_weights(args.weights, len(preds), preds[0].shape[1])
+    labels = load_labels(args.labels, preds, args.split) if args.labels else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary = apply(preds, weights, args.out, topk=args.topk, save_probs=args.probs, chunk=args.chunk,
+                    device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), labels=labels)
+    print(json.dumps(summary))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("ensemble", help="class-based weighted ensemble: fit weights, apply them")
+    sub = p.add_subparsers(dest="ensemble_command", required=True)
+    f = sub.add_parser("fit", help="per-class accuracy weights from a labelled split")
+    f.add_argument("--preds", nargs="+", required=True, help="score directories (with probs.npy) or .npy files")
+    f.add_argument("--labels", required=True, help="manifest dir, score dir or .npy of labels")
+    f.add_argument("--split", default="val", help="with a manifest --labels: the split")
+    f.add_argument("--out", required=True, type=Path, help="weights file (.npz)")
+    f.add_argument("--scaling", choices=("power", "softmax"), default="power")
+    f.add_argument("--holdout", type=float, default=0.3, help="fraction held out to choose the scaling value")
+    f.add_argument("--min-count", type=int, default=5, help="classes with fewer samples use global accuracies")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=_fit_cli)
+    a = sub.add_parser("apply", help="sum_m w[m, c] * P_m[n, c] and top-k")
+    a.add_argument("--weights", required=True, help="W.npz from `ensemble fit`, or `uniform` (plain average)")
+    a.add_argument("--preds", nargs="+", required=True)
+    a.add_argument("--out", required=True, type=Path)
+    a.add_argument("--labels", default=None, help="optional: report the top-1 error against these labels")
+    a.add_argument("--split", default="val")
+    a.add_argument("--topk", type=int, default=5)
+    a.add_argument("--probs", action="store_true", help="also write the ensemble's float16 probs.npy")
+    a.add_argument("--chunk", type=int, default=256, help="images per chunk")
+    a.add_argument("--threads", type=int, default=0)
+    a.add_argument("--device", default=None)
+    a.set_defaults(func=_apply_cli)
