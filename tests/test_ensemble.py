@@ -1,0 +1,158 @@
+"""Class-based weighted ensemble: apply against a float64 reference, fit against hand-computed
+per-class accuracies, the rare-class fallback, the held-out choice of the scaling, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fastprod.score.ensemble import (Preds, apply, class_weights, fit, load_preds, per_class_accuracy,
+                                     stratified_holdout)
+
+
+def write_preds(directory: Path, probs: np.ndarray, labels: np.ndarray | None = None) -> Path:
+    """A score directory as `fastprod score --probs` writes it (probs.npy + images.parquet)."""
+    directory.mkdir(parents=True)
+    mm = np.lib.format.open_memmap(directory / "probs.npy", mode="w+", dtype=np.float16, shape=probs.shape)
+    mm[:] = probs
+    mm.flush()
+    n = len(probs)
+    labels = np.full(n, -1) if labels is None else labels
+    pq.write_table(pa.table({"image_id": [f"im{i}" for i in range(n)], "path": [""] * n,
+                             "label": pa.array(labels, pa.int32())}), directory / "images.parquet")
+    return directory
+
+
+def random_probs(rng, m: int, n: int, c: int) -> np.ndarray:
+    x = rng.gamma(0.3, size=(m, n, c))
+    return (x / x.sum(-1, keepdims=True)).astype(np.float16)
+
+
+def test_apply_matches_a_float64_reference(tmp_path):
+    rng = np.random.default_rng(0)
+    M, N, C = 3, 37, 11
+    probs = random_probs(rng, M, N, C)
+    probs[1, 5] = np.nan  # an image one scorer could not decode
+    preds = load_preds([write_preds(tmp_path / f"p{m}", probs[m]) for m in range(M)])
+    w = rng.random((M, C)).astype(np.float32)
+    w /= w.sum(0)
+    summary = apply(preds, w, tmp_path / "out", topk=4, save_probs=True, chunk=8)
+    ref = np.einsum("mnc,mc->nc", probs.astype(np.float64), w.astype(np.float64))
+    got = np.load(tmp_path / "out" / "probs.npy")
+    ok = np.arange(N) != 5
+    np.testing.assert_allclose(got[ok].astype(np.float64), ref[ok], rtol=2e-3, atol=1e-4)
+    table = pq.read_table(tmp_path / "out" / "predictions.parquet").to_pylist()
+    order = np.argsort(-ref, axis=1, kind="stable")[:, :4]
+    for n in np.flatnonzero(ok):
+        assert table[n]["topk_labels"] == order[n].tolist()
+        np.testing.assert_allclose(table[n]["topk_probs"], ref[n, order[n]], rtol=1e-5)
+    assert not table[5]["ok"] and table[5]["pred"] == -1 and summary["missing"] == 1
+
+
+def test_per_class_accuracy_by_hand_and_rare_class_fallback():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2])
+    pred = np.array([[0, 0, 0, 1, 1, 1, 0, 0, 2],   # model 0: class 0 3/4, class 1 2/4, class 2 1/1 -> 6/9
+                     [0, 2, 2, 2, 1, 1, 1, 1, 0]])  # model 1: class 0 1/4, class 1 4/4, class 2 0/1 -> 5/9
+    acc, counts, global_acc = per_class_accuracy(pred, labels, num_classes=4, min_count=1)
+    np.testing.assert_allclose(acc[:, :3], [[0.75, 0.5, 1.0], [0.25, 1.0, 0.0]])
+    np.testing.assert_array_equal(counts, [4, 4, 1, 0])
+    np.testing.assert_allclose(global_acc, [6 / 9, 5 / 9])
+    np.testing.assert_allclose(acc[:, 3], global_acc)  # no samples at all: global accuracy
+    acc2, _, _ = per_class_accuracy(pred, labels, num_classes=4, min_count=2)
+    np.testing.assert_allclose(acc2[:, 2], global_acc)  # 1 sample < min_count: global accuracy
+    np.testing.assert_allclose(acc2[:, :2], acc[:, :2])
+
+    w = class_weights(acc, "power", 2.0)
+    np.testing.assert_allclose(w[:, 0], [0.75**2 / (0.75**2 + 0.25**2), 0.25**2 / (0.75**2 + 0.25**2)])
+    np.testing.assert_allclose(w[:, 2], [1.0, 0.0])
+    np.testing.assert_allclose(class_weights(acc, "power", 0.0), 0.5)  # p = 0: the plain average
+    s = class_weights(acc, "softmax", 0.1)
+    np.testing.assert_allclose(s[:, 1], np.exp([5.0, 10.0]) / np.exp([5.0, 10.0]).sum())
+    np.testing.assert_allclose(class_weights(np.zeros((2, 3)), "power", 4.0), 0.5)  # all zero: uniform
+    for scaling, value in (("power", 3.0), ("softmax", 0.05)):
+        np.testing.assert_allclose(class_weights(acc, scaling, value).sum(0), 1.0)
+
+
+def test_stratified_holdout_keeps_every_class_in_the_fitting_part():
+    labels = np.repeat(np.arange(5), [1, 2, 10, 10, 3])
+    held = stratified_holdout(labels, 0.3, seed=0)
+    for c, n in enumerate([1, 2, 10, 10, 3]):
+        assert (~held[labels == c]).sum() >= 1 and held[labels == c].sum() == min(round(0.3 * n), n - 1)
+
+
+def specialists(tmp_path: Path, n_per_class: int = 40, seed: int = 0):
+    """Model 0 is right on classes 0-4 and guesses on 5-9, model 1 the reverse, model 2 is mediocre everywhere."""
+    rng = np.random.default_rng(seed)
+    C = 10
+    labels = np.repeat(np.arange(C), n_per_class)
+    rng.shuffle(labels)
+    probs = []
+    for good, sharp in ((range(0, 5), 0.9), (range(5, 10), 0.9), (range(10), 0.35)):
+        logits = rng.normal(size=(len(labels), C))
+        hit = np.isin(labels, list(good)) & (rng.random(len(labels)) < sharp)
+        logits[hit, labels[hit]] += 4.0
+        p = np.exp(logits)
+        probs.append(p / p.sum(1, keepdims=True))
+    paths = [write_preds(tmp_path / f"m{m}", p, labels) for m, p in enumerate(probs)]
+    return paths, labels
+
+
+def test_fit_prefers_class_weights_where_models_specialise(tmp_path):
+    paths, labels = specialists(tmp_path)
+    preds = load_preds(paths)
+    result = fit(preds, labels, scaling="power", holdout=0.3, min_count=3)
+    errors = dict(zip(result["grid"], result["holdout_errors"]))
+    assert result["value"] > 0 and errors[result["value"]] < errors[0.0]  # beats the plain average
+    assert errors[result["value"]] < min(result["single_model_holdout_errors"])
+    w = result["weights"]
+    assert w.shape == (3, 10) and np.allclose(w.sum(0), 1.0)
+    assert (w[0, :5] > w[1, :5]).all() and (w[1, 5:] > w[0, 5:]).all()
+    arg = np.stack([np.argmax(np.load(p / "probs.npy"), 1) for p in paths])
+    acc, _, _ = per_class_accuracy(arg, labels, 10, 3)
+    np.testing.assert_allclose(w, class_weights(acc, "power", result["value"]), rtol=1e-6)  # refit on all rows
+    soft = fit(preds, labels, scaling="softmax", holdout=0.3, min_count=3)
+    assert soft["holdout_errors"][soft["grid"].index(soft["value"])] < errors[0.0]
+
+
+def test_fit_ignores_unlabelled_and_missing_rows(tmp_path):
+    paths, labels = specialists(tmp_path, n_per_class=10)
+    labels = labels.copy()
+    labels[:7] = -1
+    mm = np.load(paths[2] / "probs.npy", mmap_mode="r+")
+    mm[7:9] = np.nan
+    mm.flush()
+    result = fit(load_preds(paths), labels, holdout=0.3, min_count=2)
+    assert result["fit_rows"] == len(labels) - 9
+
+
+def test_ensemble_commands(tmp_path):
+    from fastprod.cli import main
+
+    paths, labels = specialists(tmp_path, n_per_class=30)
+    np.save(tmp_path / "labels.npy", labels)
+    args = ["--preds", *map(str, paths)]
+    assert main(["ensemble", "fit", *args, "--labels", str(paths[0]), "--out", str(tmp_path / "w.npz")]) == 0
+    with np.load(tmp_path / "w.npz") as f:
+        info = json.loads(str(f["info"]))
+        assert f["weights"].shape == (3, 10) and info["scaling"] == "power"
+    assert main(["ensemble", "apply", "--weights", str(tmp_path / "w.npz"), *args, "--out", str(tmp_path / "cw"),
+                 "--labels", str(tmp_path / "labels.npy"), "--chunk", "64"]) == 0
+    assert main(["ensemble", "apply", "--weights", "uniform", *args, "--out", str(tmp_path / "avg")]) == 0
+    cw = json.loads((tmp_path / "cw" / "summary.json").read_text())
+    avg = json.loads((tmp_path / "avg" / "summary.json").read_text())
+    assert cw["images"] == avg["images"] == 300 and cw["top1_error"] < avg["top1_error"]  # (fitted on these rows)
+    with pytest.raises(ValueError, match="shape"):
+        main(["ensemble", "apply", "--weights", str(tmp_path / "w.npz"), *args[:-1], "--out", str(tmp_path / "x")])
+
+
+def test_preds_reject_mismatched_inputs(tmp_path):
+    a = write_preds(tmp_path / "a", np.full((4, 3), 1 / 3))
+    b = write_preds(tmp_path / "b", np.full((5, 3), 1 / 3))
+    with pytest.raises(ValueError, match="not the same images"):
+        load_preds([a, b])
+    assert Preds(a).shape == (4, 3)
