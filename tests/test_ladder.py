@@ -51,6 +51,8 @@ def test_every_step_and_seed_ran_with_cumulative_settings(ladder):
     assert finetune.data.manifest == str(out / "clean" / "balanced")
     table = (out / "ladder.md").read_text()
     assert table.count("\n| ") == len(rows) + 1 and "mean of 2 seeds" in table
+    for r in rows:  # diagnosis: fractions, against the noise file and the predictions
+        assert all(0 <= v <= 1 for v in r["diagnosis"].values()), r["diagnosis"]
     detection = rows[len(STEPS) - 1]["o2u_noise_detection"]  # one SGDR cycle in one epoch
     assert len(detection) == 1 and detection[0]["samples"] == 48 and "AUROC per SGDR cycle" in table
 

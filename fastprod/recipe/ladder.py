@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fastprod.config import Config, load_config
-from fastprod.recipe.clean import clean
+from fastprod.recipe.clean import clean, predict
 from fastprod.recipe.o2u import noise_detection
 from fastprod.train.distributed import Dist, barrier
 
@@ -68,8 +68,8 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
 
     rows = [row(name, step, [cfg_for(step, seed, []) for seed in range(seeds)]) for step, (name, _) in enumerate(STEPS)]
     last = len(STEPS) - 1
-    if noise_file.exists():  # how well the O2U score finds the injected noise, per cycle (seed 0)
-        noisy = set(json.loads(noise_file.read_text()))
+    noisy = set(json.loads(noise_file.read_text())) if noise_file.exists() else set()
+    if noisy:  # how well the O2U score finds the injected noise, per cycle (seed 0)
         cycles = sorted((out / f"step-{last}" / "seed-0" / "o2u").glob("cycle-*.csv"), key=lambda p: int(p.stem[6:]))
         rows[last]["o2u_noise_detection"] = [noise_detection(csv, noisy) for csv in cycles]
     report = clean(cfg_for(last, 0, [f"run.dir={out / 'clean'}"]), dist, out=out / "clean", k=k, noise=noise_file)
@@ -80,15 +80,45 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
         f"data.batch_size={max(1, min(16, report['balanced']))}"]) for seed in range(seeds)]
     rows.append(row(f"+ 2-fold cleaning, finetune on the balanced subset (top-{k} per class)", last + 1, finetunes,
                     cleaning=report))
+    for step, r in enumerate(rows):  # why a step helps or not: what the final models fit and where they err
+        per_seed = [diagnose(out / f"step-{step}" / f"seed-{seed}", manifest, noisy, dist) for seed in range(seeds)]
+        r["diagnosis"] = {key: float(np.mean([d[key] for d in per_seed])) for key in per_seed[0]}
     return rows
+
+
+def diagnose(run: Path, manifest: Path, noisy: set[str], dist: Dist) -> dict:
+    """The final model of `run` on the full training split and the validation split: the fraction of
+    mislabelled training images it predicts as their wrong label (memorised noise), its error on the
+    correctly labelled ones, and validation error on the head and tail classes (training-set size
+    above / at most the median)."""
+    from fastprod.train.engine import Trainer
+
+    cfg = load_config(run / "resolved.yaml", [f"data.manifest={manifest}", f"model.init_from={run / 'final' / 'model.pt'}",
+                                              f"run.dir={run / 'diagnosis'}", "o2u.enabled=false"])
+    trainer = Trainer(cfg, dist)
+    train, val = trainer.train_split, trainer.manifest.split(cfg.data.val_split)
+    train_pred, _ = predict(trainer, train)
+    val_pred, _ = predict(trainer, val)
+    is_noisy = np.array([i in noisy for i in train.image_ids])
+    sizes = np.bincount(train.labels, minlength=trainer.manifest.num_classes)
+    tail = sizes[val.labels] <= np.median(sizes)
+    wrong, val_wrong = train_pred != train.labels, val_pred != val.labels
+    return {"noisy_fitted": float(np.mean(~wrong[is_noisy])) if is_noisy.any() else float("nan"),
+            "clean_train_error": float(np.mean(wrong[~is_noisy])),
+            "val_error_head": float(np.mean(val_wrong[~tail])), "val_error_tail": float(np.mean(val_wrong[tail]))}
 
 
 def write_table(rows: list[dict], out: Path, setup: str) -> str:
     seeds = len(rows[0]["seed_errors"])
-    lines = [f"Ablation ladder — {setup}", "", f"| step | val top-1 error (mean of {seeds} seeds) | per seed |",
-             "|---|---|---|"]
-    lines += [f"| {r['step']} | {100 * r['val_top1_error']:.2f}% | "
-              f"{' / '.join(f'{100 * e:.1f}' for e in r['seed_errors'])} |" for r in rows]
+    lines = [f"Ablation ladder — {setup}", "",
+             f"| step | val top-1 error (mean of {seeds} seeds) | per seed | head / tail classes | "
+             "noisy train labels fitted | clean train error |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r["diagnosis"]
+        lines.append(f"| {r['step']} | {100 * r['val_top1_error']:.2f}% | "
+                     f"{' / '.join(f'{100 * e:.1f}' for e in r['seed_errors'])} | "
+                     f"{100 * d['val_error_head']:.1f}% / {100 * d['val_error_tail']:.1f}% | "
+                     f"{100 * d['noisy_fitted']:.1f}% | {100 * d['clean_train_error']:.1f}% |")
     detection = next((r["o2u_noise_detection"] for r in rows if r.get("o2u_noise_detection")), None)
     if detection:
         lines += ["", "O2U score vs the injected noise (seed 0), AUROC per SGDR cycle: "
