@@ -9,9 +9,10 @@ DALI's own random operators cannot be seeded per sample; this is also why the cr
 is the same fused region-of-interest decode (only the window's rows/MCUs are decoded).
 
 Pipeline (train): image_slice (decode only the crop window; `mixed` = nvJPEG on the GPU, `cpu` =
-libjpeg-turbo) -> resize to image_size (antialiased) -> flip -> one `experimental.warp_perspective` at
-the output size for rotation and perspective together (one resampling, identity for samples that get
-neither) -> `erase` (cutout, mean-colour fill) -> on the GPU `crop_mirror_normalize` to normalised
+libjpeg-turbo, fast IDCT) -> resize to image_size (antialiased) -> flip -> one
+`experimental.warp_perspective` at the output size for rotation and perspective together (one
+resampling; a DALI conditional runs it only on the samples that draw either; `warp_affine` would do for
+rotation alone, but perspective needs the 3x3 map) -> `erase` (cutout, mean-colour fill) -> on the GPU `crop_mirror_normalize` to normalised
 float; on the CPU the uint8 batch is normalised by torch on the training device. Eval: the centre
 window (short side / eval_resize) decoded and resized to image_size.
 
@@ -106,8 +107,9 @@ class DALILoader(Loader):
         self.warp = train and ((aug.rotation_p > 0 and aug.rotation_degrees > 0)
                                or (aug.perspective_p > 0 and aug.perspective_distortion > 0))
         self.cutout = train and aug.cutout_p > 0
-        # columns fed to the pipeline: bytes, crop anchor, crop shape, flip, warp matrix, cutout anchor, shape
-        self._outputs = [0, 1, 2] + [3] * train + [4] * self.warp + [5, 6] * self.cutout
+        # columns fed to the pipeline: bytes, crop anchor, crop shape, flip, warp matrix, cutout anchor, cutout
+        # shape, warp on/off
+        self._outputs = [0, 1, 2] + [3] * train + [4, 7] * self.warp + [5, 6] * self.cutout
 
     def _batches(self) -> list[list[tuple[int, int]]]:
         return epoch_batches(
@@ -146,7 +148,7 @@ class DALILoader(Loader):
     def _prepare(self, spec: tuple[list[int], int, bool]) -> tuple[_Pending, tuple | None]:
         indices, epoch, with_pil = spec
         cfg, aug, size = self.cfg, self.cfg.augment, self.cfg.image_size
-        cols: tuple[list, ...] = ([], [], [], [], [], [], [])
+        cols: tuple[list, ...] = ([], [], [], [], [], [], [], [])
         kept, dropped = [], 0
         for index in indices:
             if index in self.known_bad:
@@ -162,15 +164,16 @@ class DALILoader(Loader):
                 u = ap.uniforms(self.seed, epoch, index)
                 top, left, h, w = ap.crop_window(u, height, width, *aug.crop_scale, *aug.crop_ratio)
                 flip = ap.flips(u, aug.hflip_p)
-                matrix, _ = ap.warp_matrix(u, size, aug.rotation_p, aug.rotation_degrees, aug.perspective_p,
+                matrix, warps = ap.warp_matrix(u, size, aug.rotation_p, aug.rotation_degrees, aug.perspective_p,
                                            aug.perspective_distortion)
                 ct, cl, ch, cw = ap.cutout_box(u, size, aug.cutout_p, *aug.cutout_scale)
             else:
                 top, left, h, w = ap.center_window(height, width, cfg.eval_resize)
-                flip, matrix, (ct, cl, ch, cw) = False, np.eye(3), (0, 0, 0, 0)
+                flip, matrix, warps, (ct, cl, ch, cw) = False, np.eye(3), False, (0, 0, 0, 0)
             for col, value in zip(cols, (
                 data, np.array([top, left], np.float32), np.array([h, w], np.float32), np.array(flip, np.int32),
                 matrix.astype(np.float32), np.array([ct, cl], np.float32), np.array([ch, cw], np.float32),
+                np.array(warps, dtype=bool),
             )):
                 col.append(value)
             kept.append(index)
@@ -190,22 +193,23 @@ class DALILoader(Loader):
             raise StopIteration
 
         @self._pipeline_def(batch_size=self.batch_size, num_threads=self.threads, device_id=self.device_id,
-                            prefetch_queue_depth=2)
+                            prefetch_queue_depth=2, enable_conditionals=self.warp)
         def graph():
             fed = dict(zip(self._outputs, fn.external_source(source=source, num_outputs=len(self._outputs), batch=True)))
             enc, anchor, shape = fed[0], fed[1], fed[2]
-            flip, matrix, cut_anchor, cut_shape = fed.get(3), fed.get(4), fed.get(5), fed.get(6)
+            flip, matrix, cut_anchor, cut_shape, warps = fed.get(3), fed.get(4), fed.get(5), fed.get(6), fed.get(7)
             img = fn.decoders.image_slice(
                 enc, anchor, shape, device="mixed" if self.gpu else "cpu", output_type=types.RGB,
                 axis_names="HW", normalized_anchor=False, normalized_shape=False,
-                adjust_orientation=False)
+                adjust_orientation=False, use_fast_idct=True)
             img = fn.resize(img, size=[size, size], antialias=True, interp_type=types.INTERP_LINEAR)
             if self.train:
                 img = fn.flip(img, horizontal=flip)
-            if self.warp:
-                img = fn.experimental.warp_perspective(
-                    img, matrix=matrix, size=[size, size], fill_value=list(MEAN_UINT8), pixel_origin="center",
-                    inverse_map=True, border_mode="constant", interp_type=types.INTERP_LINEAR)
+            if self.warp:  # one warp for rotation + perspective, only where a sample draws either: a DALI
+                if warps:  # conditional splits the batch, so most samples skip the resampling
+                    img = fn.experimental.warp_perspective(
+                        img, matrix=matrix, size=[size, size], fill_value=list(MEAN_UINT8), pixel_origin="center",
+                        inverse_map=True, border_mode="constant", interp_type=types.INTERP_LINEAR)
             if self.cutout:
                 img = fn.erase(img, anchor=cut_anchor, shape=cut_shape, axis_names="HW",
                                fill_value=list(MEAN_UINT8))
