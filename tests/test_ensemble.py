@@ -156,3 +156,18 @@ def test_preds_reject_mismatched_inputs(tmp_path):
     with pytest.raises(ValueError, match="not the same images"):
         load_preds([a, b])
     assert Preds(a).shape == (4, 3)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_apply_two_level_topk_over_many_classes(tmp_path, threads):
+    rng = np.random.default_rng(threads)
+    M, N, C = 2, 21, 6003  # C >= 8 * k * GROUP: grouped top-k; C not a multiple of the group size
+    probs = random_probs(rng, M, N, C)
+    probs[:, 3, 6002] = 1.0  # the winner in the padded last group
+    preds = load_preds([write_preds(tmp_path / f"p{m}", probs[m]) for m in range(M)])
+    w = rng.random((M, C)).astype(np.float32)
+    apply(preds, w, tmp_path / "out", topk=5, chunk=4, threads=threads)
+    ref = np.einsum("mnc,mc->nc", probs.astype(np.float64), w.astype(np.float64))
+    table = pq.read_table(tmp_path / "out" / "predictions.parquet").to_pylist()
+    assert [r["topk_labels"] for r in table] == np.argsort(-ref, axis=1, kind="stable")[:, :5].tolist()
+    assert table[3]["pred"] == 6002
