@@ -1,0 +1,84 @@
+"""Single best model vs plain average vs class-weighted ensemble, on images not used for fitting.
+
+    .venv/bin/python bench/ensemble_report.py --checkpoints RUN1/final/model.pt RUN2/... \\
+        --manifest PREPARED [--split val] [--flip] [--splits 20] --out DIR [--json FILE]
+
+Every checkpoint is exported (eager engine, the run's evaluation view; --flip adds the mirror view)
+and scores the split with `fastprod score --probs`. Then, for each of --splits random stratified
+halves of the split: the ensemble is fitted on half A (`fit`, which itself holds out 30% of A to
+choose the power), the single best model is the one with the lowest error on A, and all three are
+evaluated on half B. Reported: mean and standard deviation of the top-1 error on B over the splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+from results import write_json
+
+from fastprod.config import load_config
+from fastprod.score.engine import Engine, export_engine, find_run_config
+from fastprod.score.ensemble import argmax_and_finite, ensemble_errors, fit, load_preds, stratified_holdout
+from fastprod.score.score import items_from_manifest, score
+from fastprod.score.tta import Views
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoints", nargs="+", required=True, type=Path)
+    ap.add_argument("--manifest", required=True, type=Path)
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--flip", action="store_true", help="TTA: add the mirrored view")
+    ap.add_argument("--splits", type=int, default=20, help="random A/B halves to average over")
+    ap.add_argument("--min-count", type=int, default=3)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    items = items_from_manifest(args.manifest, args.split)
+    paths = []
+    for i, ckpt in enumerate(args.checkpoints):
+        pred_dir = args.out / "preds" / str(i)
+        if not (pred_dir / "summary.json").is_file():
+            cfg = load_config(find_run_config(ckpt))
+            views = Views(cfg.data.image_size, (cfg.data.eval_resize,), ("center",), (False, True) if args.flip else (False,))
+            engine = Engine(export_engine([ckpt], args.out / "engines" / str(i), views=views), "cpu")
+            score(engine, items, pred_dir, save_probs=True, workers=2, progress=False)
+        paths.append(pred_dir)
+        print(f"model {i}: {ckpt} -> {json.loads((pred_dir / 'summary.json').read_text())}")
+    preds = load_preds(paths)
+    labels = items.labels
+    arg, _ = argmax_and_finite(preds)
+    M, C = len(preds), preds[0].shape[1]
+    results = {"single best (chosen on A)": [], "plain average": [], "class-weighted": [], "chosen power": []}
+    for seed in range(args.splits):
+        in_b = stratified_holdout(labels, 0.5, seed=1000 + seed)
+        fit_labels = np.where(in_b, -1, labels)  # fit sees only half A
+        fitted = fit(preds, fit_labels, scaling="power", holdout=0.3, min_count=args.min_count, seed=seed)
+        a_rows, b_rows = np.flatnonzero(~in_b), np.flatnonzero(in_b)
+        best = int(np.argmin([(arg[m, a_rows] != labels[a_rows]).mean() for m in range(M)]))
+        avg, cw = ensemble_errors(preds, b_rows, labels, [np.full((M, C), 1.0 / M), fitted["weights"]])
+        results["single best (chosen on A)"].append(float((arg[best, b_rows] != labels[b_rows]).mean()))
+        results["plain average"].append(float(avg))
+        results["class-weighted"].append(float(cw))
+        results["chosen power"].append(fitted["value"])
+    each = [float((arg[m] != labels).mean()) for m in range(M)]
+    rows = [{"method": k, "top1_error_B_mean": statistics.mean(v), "top1_error_B_std": statistics.pstdev(v)}
+            for k, v in results.items()]
+    print(f"{M} models, {len(labels)} images, {C} classes, {args.splits} random halves; "
+          f"each model's error on the whole split: {[round(e, 3) for e in each]}")
+    print("| method | top-1 error on B (mean ± std) |\n|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['top1_error_B_mean']:.4f} ± {r['top1_error_B_std']:.4f} |")
+    write_json(args.json, "ensemble_report", f"Ensembles of {M} models on {args.manifest} ({args.split})",
+               "single best model chosen on the fitting half", rows,
+               {"label": "method", "value": "top1_error_B_mean", "ylabel": "top-1 error on B"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
