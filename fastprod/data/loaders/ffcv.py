@@ -322,7 +322,10 @@ class FFCVLoader(Loader):
             if not bool(good.any()):
                 continue
             images = images[good] if dropped else images
+            indices = indices.view(-1)[good].clone()
+            # labels from the manifest, not the .beton: a relabelled manifest with the same rows stays right
+            labels = torch.as_tensor(self.split.labels[indices.numpy()], dtype=torch.int64)
             yield Batch(
                 normalize_on_device(images.permute(0, 3, 1, 2), self.device, self.channels_last),
-                labels.view(-1)[good].to(self.device, non_blocking=True), indices.view(-1)[good].clone(), dropped,
+                labels.to(self.device, non_blocking=True), indices, dropped,
             )
