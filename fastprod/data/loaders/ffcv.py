@@ -238,6 +238,21 @@ def _operations(box: np.ndarray, cfg: DataConfig):
     return SeededRandomResizedCrop, SeededFlip, SeededWarp, SeededCutout
 
 
+def _keep_torch_threads() -> None:
+    """FFCV sets torch's intra-op thread count to its worker count on every Loader and epoch (from its
+    background thread too); keep the trainer's: FFCV's Compiler then sets only numba's threads."""
+    import numba
+    from ffcv.pipeline.compiler import Compiler
+
+    if not getattr(Compiler, "_fastprod_numba_only", False):
+        def set_num_threads(cls, n: int) -> None:
+            cls.num_threads = n
+            numba.set_num_threads(n)
+
+        Compiler.set_num_threads = classmethod(set_num_threads)
+        Compiler._fastprod_numba_only = True
+
+
 class _FixedOrder:
     """An FFCV traversal order that returns whatever order the fastprod loader set for this pass."""
 
@@ -281,13 +296,12 @@ class FFCVLoader(Loader):
             ops = [crop((size, size), scale=(1.0, 1.0), ratio=(1.0, 1.0))]
             ops[0].eval_resize = cfg.eval_resize
         ints = lambda: [IntDecoder(), ToTensor()]  # noqa: E731
-        torch_threads = torch.get_num_threads()  # FFCV sets torch's thread count to its own; keep the trainer's
+        _keep_torch_threads()
         self._ffcv = FFCV(
             str(path), batch_size=self.batch_size, num_workers=max(1, min(cfg.workers, os.cpu_count() or 1)),
             order=OrderOption.SEQUENTIAL, drop_last=False, os_cache=True, batches_ahead=2,
             pipelines={"image": ops + [ToTensor()], "label": ints(), "index": ints(), "ok": ints()},
         )
-        torch.set_num_threads(torch_threads)
 
     def _batches(self) -> list[list[tuple[int, int]]]:
         return epoch_batches(
