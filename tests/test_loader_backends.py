@@ -227,3 +227,18 @@ def test_ffcv_refuses_a_beton_of_other_rows(dataset, tmp_path):
     cfg = DataConfig(**{**config(dataset, "ffcv").__dict__, "ffcv_dir": str(other)})
     with pytest.raises(DatasetError, match="write-ffcv"):
         create_loader(dataset.split("train"), cfg, train=False)
+
+
+def test_ffcv_fused_geometry_matches_the_op_by_op_pipeline(dataset, monkeypatch):
+    from fastprod.data.loaders.ffcv import FFCVLoader
+
+    fused = by_index(loader(dataset, "ffcv", train=True, aug=SOME))
+    monkeypatch.setattr(FFCVLoader, "FUSE_GEOMETRY", False)
+    split = dataset.split("train")
+    separate = by_index(create_loader(split, config(dataset, "ffcv", **SOME), train=True, seed=SEED, channels_last=False))
+    for i, img in fused.items():
+        u = ap.uniforms(SEED, 0, i)
+        if not ap.warp_matrix(u, SIZE, 0.25, 15.0, 0.25, 0.3)[1]:  # no warp: the very same operations
+            torch.testing.assert_close(img, separate[i], atol=1e-5, rtol=0)
+        else:  # one resampling instead of two: close, not equal
+            assert (img - separate[i]).abs().mean() < 0.08, i

@@ -136,21 +136,26 @@ def _operations(box: np.ndarray, cfg: DataConfig):
 
     k = _kernels()
     uniforms, crop_window, flips, warp_matrix = k["uniforms"], k["crop_window"], k["flips"], k["warp_matrix"]
-    center_window = k["center_window"]
+    center_window, matmul3 = k["center_window"], k["_matmul3"]
     cutout_box, warp_one, cutout_one, resize_one = k["cutout_box"], k["warp_one"], k["cutout_one"], k["resize_one"]
     addr, aug, size = box.ctypes.data, cfg.augment, cfg.image_size
     fill = np.array(MEAN_UINT8, dtype=np.uint8)
 
     class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
-        """Random-resized crop from (seed, epoch, index); with `eval_resize` > 0 the centre window instead."""
+        """Random-resized crop from (seed, epoch, index); with `eval_resize` > 0 the centre window instead.
+        With `fused`, also the flip and the rotation/perspective warp: a sample that draws a warp is
+        resampled once, from the decoded crop straight to the output (what SeededFlip -> SeededWarp
+        do in two passes after the resize)."""
 
-        eval_resize = 0.0
+        eval_resize, fused = 0.0, False
 
         def generate_code(self):
             jpg, mem_read, my_range = IMAGE_MODES["jpg"], self.memory_read, Compiler.get_iterator()
             imdecode_c = Compiler.compile(imdecode)
             (s_lo, s_hi), (r_lo, r_hi), (out_h, out_w) = self.scale, self.ratio, self.output_size
-            center, eval_resize = self.eval_resize > 0, self.eval_resize
+            center, eval_resize, fused = self.eval_resize > 0, self.eval_resize, self.fused
+            hp, rp, deg = aug.hflip_p, aug.rotation_p, aug.rotation_degrees
+            pp, dist, last = aug.perspective_p, aug.perspective_distortion, float(size - 1)
 
             def decode(batch_indices, my_storage, metadata, storage_state):
                 destination, temp_storage = my_storage
@@ -159,10 +164,15 @@ def _operations(box: np.ndarray, cfg: DataConfig):
                     field = metadata[source_ix]
                     image_data = mem_read(field["data_ptr"], storage_state)
                     height, width = np.int64(field["height"]), np.int64(field["width"])
+                    flip, active, m = False, False, np.eye(3)
                     if center:
                         top, left, h, w = center_window(height, width, eval_resize)
                     else:
-                        top, left, h, w = crop_window(uniforms(addr, source_ix), height, width, s_lo, s_hi, r_lo, r_hi)
+                        u = uniforms(addr, source_ix)
+                        top, left, h, w = crop_window(u, height, width, s_lo, s_hi, r_lo, r_hi)
+                        if fused:
+                            flip = flips(u, hp)
+                            m, active = warp_matrix(u, size, rp, deg, pp, dist)
                     if field["mode"] == jpg:
                         k = 8  # DCT scale k/8: the smallest power of two keeping the crop >= the output
                         while k > 1 and h * (k // 2) >= 8 * out_h and w * (k // 2) >= 8 * out_w:
@@ -176,7 +186,23 @@ def _operations(box: np.ndarray, cfg: DataConfig):
                         h, w = min(max(1, h * k // 8), hs - top), min(max(1, w * k // 8), ws - left)
                     else:
                         temp = image_data.reshape(height, width, 3)
-                    resize_one(temp, top, left, h, w, destination[dst_ix])
+                    out = destination[dst_ix]
+                    if active:  # output -> warp -> (un)flip -> crop, one bilinear resampling
+                        a = np.eye(3)
+                        if flip:
+                            a[0, 0], a[0, 2] = -1.0, last
+                        a = matmul3(a, m)
+                        sx, sy = w / out_w, h / out_h
+                        for j in range(3):
+                            a[0, j], a[1, j] = sx * a[0, j] + (0.5 * sx - 0.5) * a[2, j], sy * a[1, j] + (0.5 * sy - 0.5) * a[2, j]
+                        warp_one(temp[top : top + h, left : left + w], out, a, fill)
+                    else:
+                        resize_one(temp, top, left, h, w, out)
+                        if flip:
+                            for y in range(out_h):
+                                for x in range(out_w // 2):
+                                    for c in range(3):
+                                        out[y, x, c], out[y, out_w - 1 - x, c] = out[y, out_w - 1 - x, c], out[y, x, c]
                 return destination[: len(batch_indices)]
 
             decode.is_parallel = True
@@ -264,6 +290,8 @@ class _FixedOrder:
 
 
 class FFCVLoader(Loader):
+    FUSE_GEOMETRY = True  # crop + resize + flip + rotation/perspective in the decoder (False: op by op)
+
     def __init__(
         self, split: SplitView, cfg: DataConfig, *, train: bool, rank: int, world: int, seed: int,
         device: torch.device, channels_last: bool, quarantine_log: Path | None,
@@ -288,9 +316,12 @@ class FFCVLoader(Loader):
         crop, flip, warp, cutout = _operations(self.box, cfg)
         if train:
             ops = [crop((size, size), scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio))]
-            ops += [flip()] if aug.hflip_p > 0 else []
-            if (aug.rotation_p > 0 and aug.rotation_degrees > 0) or (aug.perspective_p > 0 and aug.perspective_distortion > 0):
-                ops.append(warp())
+            if self.FUSE_GEOMETRY:  # flip + warp inside the decoder: one resampling per sample
+                ops[0].fused = True
+            else:  # the same augmentation op by op (the reference the fused decoder is tested against)
+                ops += [flip()] if aug.hflip_p > 0 else []
+                if (aug.rotation_p > 0 and aug.rotation_degrees > 0) or (aug.perspective_p > 0 and aug.perspective_distortion > 0):
+                    ops.append(warp())
             ops += [cutout()] if aug.cutout_p > 0 else []
         else:  # CenterCropRGBImageDecoder's window, decoded and resized as in training
             ops = [crop((size, size), scale=(1.0, 1.0), ratio=(1.0, 1.0))]
