@@ -87,7 +87,7 @@ def test_tta_average_matches_a_hand_built_reference(run_dir, manifest_dir, eager
     model = create_model(ModelConfig(name="resnet10t"), eager.num_classes).eval()
     model.load_state_dict(torch.load(run_dir / "final" / "model.pt"))
     table = pq.read_table(tmp_path / "pred" / "predictions.parquet").to_pylist()
-    for j in (0, 5, len(items) - 1):
+    for j in (0, len(items) - 1):
         from fastprod.data.images import load_rgb
 
         ref = _reference_probs(model, load_rgb(items.paths[j]), VIEWS).numpy()
