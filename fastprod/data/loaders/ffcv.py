@@ -11,13 +11,17 @@ the ones here are seeded per sample from (seed, epoch, index) (`augparams`, comp
 same parameters as the DALI backend's). The epoch is not a compile-time constant: every operation
 reads (seed, epoch) from a small array the loader owns, through its address (one memcpy per batch).
 
-Operations (train): `SeededRandomResizedCrop` (a RandomResizedCropRGBImageDecoder that decodes the
-JPEG at a reduced DCT scale, 1/2, 1/4 or 1/8, whenever the crop is still at least the output size
-there, then resizes bilinearly -- under 2x, where bilinear needs no antialiasing; 2-3x cheaper than
-FFCV's INTER_AREA resize) -> `SeededFlip` -> `SeededWarp` (rotation and perspective as one bilinear
-warp at the output size, mean-colour fill) -> `SeededCutout` -> ToTensor; the uint8 NHWC batch is
-normalised by torch on the training device. Eval: CenterCropRGBImageDecoder's window (centre square
-of side short/eval_resize) through the same decoder, so training without augmentation equals eval.
+Operations (train): `SeededRandomResizedCrop`, a RandomResizedCropRGBImageDecoder that decodes the
+JPEG at a reduced DCT scale (1/2, 1/4, 1/8) whenever the crop is still at least the output size there,
+then resizes bilinearly (under 2x, where bilinear needs no antialiasing; 2-3x cheaper than FFCV's
+INTER_AREA resize). By default (`FFCVLoader.FUSE_GEOMETRY`) it also applies the flip and, for samples
+that draw rotation or perspective, resamples once from the decoded crop straight to the output through
+the composed map instead of resize -> flip -> warp; with it off, `SeededFlip` and `SeededWarp` (one
+bilinear warp at the output size for rotation + perspective, mean-colour fill) run as separate FFCV
+operations -- the reference the fused decoder is tested against. Then `SeededCutout` and ToTensor; the
+uint8 NHWC batch is normalised by torch on the training device. Eval: CenterCropRGBImageDecoder's
+window (centre square of side short/eval_resize) through the same decoder, so training without
+augmentation equals eval.
 An image that could not be read when the .beton was written is stored as a placeholder with ok=0;
 the loader drops it from its batch, counts it in `Batch.dropped` and logs it to the quarantine file.
 """
@@ -38,7 +42,7 @@ from fastprod.config import DataConfig
 from fastprod.data.augment import MEAN_UINT8, normalize_on_device
 from fastprod.data.loaders import augparams as ap
 from fastprod.data.loaders.base import Batch, Loader
-from fastprod.data.manifest import DatasetError, SplitView
+from fastprod.data.manifest import SplitView
 from fastprod.data.sampler import epoch_batches
 
 
