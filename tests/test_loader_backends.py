@@ -121,6 +121,8 @@ def test_augmentations_off_give_the_eval_view_and_on_change_every_image(dataset,
     assert len(plain) == N // 4 * 4
     for i, img in plain.items():
         torch.testing.assert_close(img, reference[i], atol=1e-5, rtol=0)
+    if backend == "ffcv":  # one compile less: the seeded-probability test covers changed and unchanged samples
+        return
     for i, img in by_index(loader(dataset, backend, train=True, aug=ALL_ON)).items():
         assert not torch.allclose(img, reference[i], atol=1e-3), i
 
