@@ -36,9 +36,13 @@ if [ "$QUICK" = 1 ]; then
   bench kernels_cpu bench/kernels_cpu.py --batch 64 --dims 256 --classes 5003 --reps 1
   bench profile_step bench/profile_step.py --out "$OUT/profile" --models resnet10t --size 32 --batch 8 --steps 2 \
     --classes 4 --images 64 --set data.workers=0
+  bench ensemble bench/ensemble.py --models 2 --classes 5003 --images 64 --reps 1
 else
   bench kernels_cpu bench/kernels_cpu.py
   bench profile_step bench/profile_step.py --out "$OUT/profile"
+  bench ensemble bench/ensemble.py
+  bench tta_engines bench/tta_engines.py
+  bench ensemble_report bench/ensemble_report.py --simulate --splits 5 --out "$OUT/ensemble_report"
 fi
 if [ "$GPU" = 1 ]; then
   bench gpu_kernels bench/gpu_kernels.py
