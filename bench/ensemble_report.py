@@ -48,6 +48,7 @@ def main() -> int:
     ap.add_argument("--flip", action="store_true", help="TTA: add the mirrored view")
     ap.add_argument("--splits", type=int, default=20, help="random A/B halves to average over")
     ap.add_argument("--min-count", type=int, default=3)
+    ap.add_argument("--shrink", type=float, nargs="+", default=[0.0], help="shrinkage values for fit (chosen on A's held-out part)")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -64,7 +65,8 @@ def main() -> int:
     for seed in range(args.splits):
         in_b = stratified_holdout(labels, 0.5, seed=1000 + seed)
         fit_labels = np.where(in_b, -1, labels)  # fit sees only half A
-        fitted = fit(preds, fit_labels, scaling="power", holdout=0.3, min_count=args.min_count, seed=seed)
+        fitted = fit(preds, fit_labels, scaling="power", holdout=0.3, min_count=args.min_count, seed=seed,
+                     shrinks=tuple(args.shrink))
         a_rows, b_rows = np.flatnonzero(~in_b), np.flatnonzero(in_b)
         best = int(np.argmin([(arg[m, a_rows] != labels[a_rows]).mean() for m in range(M)]))
         avg, cw = ensemble_errors(preds, b_rows, labels, [np.full((M, C), 1.0 / M), fitted["weights"]])

@@ -66,6 +66,9 @@ def test_per_class_accuracy_by_hand_and_rare_class_fallback():
     acc2, _, _ = per_class_accuracy(pred, labels, num_classes=4, min_count=2)
     np.testing.assert_allclose(acc2[:, 2], global_acc)  # 1 sample < min_count: global accuracy
     np.testing.assert_allclose(acc2[:, :2], acc[:, :2])
+    shrunk, _, _ = per_class_accuracy(pred, labels, num_classes=4, min_count=1, shrink=2.0)
+    np.testing.assert_allclose(shrunk[:, :3], [[(3 + 2 * 6 / 9) / 6, (2 + 2 * 6 / 9) / 6, (1 + 2 * 6 / 9) / 3],
+                                               [(1 + 2 * 5 / 9) / 6, (4 + 2 * 5 / 9) / 6, (0 + 2 * 5 / 9) / 3]])
 
     w = class_weights(acc, "power", 2.0)
     np.testing.assert_allclose(w[:, 0], [0.75**2 / (0.75**2 + 0.25**2), 0.25**2 / (0.75**2 + 0.25**2)])
@@ -115,6 +118,10 @@ def test_fit_prefers_class_weights_where_models_specialise(tmp_path):
     arg = np.stack([np.argmax(np.load(p / "probs.npy"), 1) for p in paths])
     acc, _, _ = per_class_accuracy(arg, labels, 10, 3)
     np.testing.assert_allclose(w, class_weights(acc, "power", result["value"]), rtol=1e-6)  # refit on all rows
+    shrunk = fit(preds, labels, scaling="power", holdout=0.3, min_count=3, shrinks=(0.0, 5.0, 1000.0))
+    assert len(shrunk["holdout_errors"]) == 3 * len(shrunk["grid"]) and shrunk["shrink"] in (0.0, 5.0, 1000.0)
+    assert min(shrunk["holdout_errors"]) == shrunk["holdout_errors"][
+        shrunk["shrinks"].index(shrunk["shrink"]) * len(shrunk["grid"]) + shrunk["grid"].index(shrunk["value"])]
     soft = fit(preds, labels, scaling="softmax", holdout=0.3, min_count=3)
     assert soft["holdout_errors"][soft["grid"].index(soft["value"])] < errors[0.0]
 

@@ -16,8 +16,10 @@ about a class). The weights are w[m, c] = f(acc[m, c]) / sum_m' f(acc[m', c]) wi
 nonlinear scaling:
     power     f = acc ** p            p in POWERS (p = 0 is the plain average; large p -> per-class best model)
     softmax   f = exp(acc / T)        T in TEMPERATURES (large T -> plain average)
-The grid value with the lowest top-1 error on B is chosen; the weights are then recomputed from all
-fitting rows (A and B) with that value. W.npz holds weights [M, C] float32, acc, counts,
+Optionally (--shrink K ...) every class's accuracy is shrunk towards the model's global accuracy,
+acc = (correct + K * global) / (count + K), which helps when classes have only a few samples. The grid
+value (x shrinkage) with the lowest top-1 error on B is chosen; the weights are then recomputed from
+all fitting rows (A and B) with that value. W.npz holds weights [M, C] float32, acc, counts,
 global_acc, the scaling, its value and the error of every grid value on B.
 
 Applying. prediction[n, c] = sum_m w[m, c] * P_m[n, c], computed in row tiles: each tile of each
@@ -120,13 +122,17 @@ def argmax_and_finite(preds: list[Preds], chunk: int = 1024) -> tuple[np.ndarray
     return arg, finite
 
 
-def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int, min_count: int = 1):
-    """acc [M, C], counts [C], global accuracy [M]; classes with < min_count samples get the global accuracy."""
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int, min_count: int = 1,
+                       shrink: float = 0.0):
+    """acc [M, C], counts [C], global accuracy [M]; classes with < min_count samples get the global accuracy.
+
+    shrink K > 0 pulls every class towards the global accuracy as K pseudo-samples would:
+    acc = (correct + K * global) / (count + K) (K = 0: the plain per-class accuracy)."""
     pred = np.atleast_2d(pred)
     counts = np.bincount(labels, minlength=num_classes).astype(np.int64)
     correct = np.stack([np.bincount(labels[p == labels], minlength=num_classes) for p in pred]).astype(np.float64)
     global_acc = correct.sum(1) / max(1, len(labels))
-    acc = correct / np.maximum(counts, 1)
+    acc = (correct + shrink * global_acc[:, None]) / np.maximum(counts + shrink, 1e-12)
     rare = counts < max(1, min_count)
     acc[:, rare] = global_acc[:, None]
     return acc, counts, global_acc
@@ -174,9 +180,11 @@ def ensemble_errors(preds: list[Preds], rows: np.ndarray, labels: np.ndarray, we
 
 
 def fit(preds: list[Preds], labels: np.ndarray, *, scaling: str = "power", grid: tuple | None = None,
-        holdout: float = 0.3, min_count: int = 5, seed: int = 0) -> dict:
-    """Choose the scaling value on a held-out part, then fit the per-class weights on all fitting rows."""
+        holdout: float = 0.3, min_count: int = 5, seed: int = 0, shrinks: tuple = (0.0,)) -> dict:
+    """Choose the scaling value (and shrinkage, when several `shrinks` are given) on a held-out part, then
+    fit the per-class weights on all fitting rows."""
     grid = tuple(grid or (POWERS if scaling == "power" else TEMPERATURES))
+    shrinks = tuple(float(k) for k in shrinks)
     num_classes = preds[0].shape[1]
     arg, finite = argmax_and_finite(preds)
     usable = np.flatnonzero(finite & (labels >= 0))
@@ -184,16 +192,21 @@ def fit(preds: list[Preds], labels: np.ndarray, *, scaling: str = "power", grid:
         raise ValueError("ensemble fit: no rows with a label and finite probabilities in every model")
     y = labels[usable]
     held = stratified_holdout(y, holdout, seed)
-    acc_a, _, _ = per_class_accuracy(arg[:, usable[~held]], y[~held], num_classes, min_count)
-    candidates = [class_weights(acc_a, scaling, v) for v in grid]
-    errors = ensemble_errors(preds, usable[held], labels, candidates) if held.any() else np.zeros(len(grid))
-    best = int(np.argmin(errors))  # ties: the first (smallest power / largest temperature) grid value
-    acc, counts, global_acc = per_class_accuracy(arg[:, usable], y, num_classes, min_count)
+    pairs = [(k, v) for k in shrinks for v in grid]
+    candidates = []
+    for k in shrinks:
+        acc_a, _, _ = per_class_accuracy(arg[:, usable[~held]], y[~held], num_classes, min_count, k)
+        candidates += [class_weights(acc_a, scaling, v) for v in grid]
+    errors = ensemble_errors(preds, usable[held], labels, candidates) if held.any() else np.zeros(len(pairs))
+    best = int(np.argmin(errors))  # ties: the first (least shrinkage, smallest power / largest temperature)
+    shrink, value = pairs[best]
+    acc, counts, global_acc = per_class_accuracy(arg[:, usable], y, num_classes, min_count, shrink)
     single = [(arg[m, usable[held]] != y[held]).mean() if held.any() else float("nan") for m in range(len(preds))]
     return {
-        "weights": class_weights(acc, scaling, grid[best]).astype(np.float32), "acc": acc, "counts": counts,
-        "global_acc": global_acc, "scaling": scaling, "value": float(grid[best]), "grid": list(map(float, grid)),
-        "holdout_errors": errors.tolist(), "single_model_holdout_errors": [float(e) for e in single],
+        "weights": class_weights(acc, scaling, value).astype(np.float32), "acc": acc, "counts": counts,
+        "global_acc": global_acc, "scaling": scaling, "value": float(value), "shrink": shrink,
+        "grid": list(map(float, grid)), "shrinks": list(shrinks), "holdout_errors": errors.tolist(),
+        "single_model_holdout_errors": [float(e) for e in single],
         "fit_rows": int(len(usable)), "holdout_rows": int(held.sum()), "min_count": min_count,
         "preds": [str(p.path) for p in preds],
     }
@@ -336,9 +349,10 @@ def apply(preds: list[Preds], weights: np.ndarray, out_dir: str | Path, *, topk:
 def _fit_cli(args) -> int:
     preds = load_preds(args.preds)
     labels = load_labels(args.labels, preds, args.split)
-    result = fit(preds, labels, scaling=args.scaling, holdout=args.holdout, min_count=args.min_count, seed=args.seed)
+    result = fit(preds, labels, scaling=args.scaling, holdout=args.holdout, min_count=args.min_count, seed=args.seed,
+                 shrinks=tuple(args.shrink))
     save_weights(result, args.out)
-    print(json.dumps({k: result[k] for k in ("scaling", "value", "grid", "holdout_errors",
+    print(json.dumps({k: result[k] for k in ("scaling", "value", "shrink", "grid", "shrinks", "holdout_errors",
                                               "single_model_holdout_errors", "fit_rows", "holdout_rows")}))
     return 0
 
@@ -365,6 +379,8 @@ def register(subparsers) -> None:
     f.add_argument("--scaling", choices=("power", "softmax"), default="power")
     f.add_argument("--holdout", type=float, default=0.3, help="fraction held out to choose the scaling value")
     f.add_argument("--min-count", type=int, default=5, help="classes with fewer samples use global accuracies")
+    f.add_argument("--shrink", type=float, nargs="+", default=[0.0],
+                   help="pseudo-samples of global accuracy added per class; several values: chosen on the held-out part")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=_fit_cli)
     a = sub.add_parser("apply", help="sum_m w[m, c] * P_m[n, c] and top-k")
