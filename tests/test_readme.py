@@ -4,6 +4,7 @@ config file it names exists. (The two commands at the top are what CI and the de
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 from pathlib import Path
@@ -18,26 +19,26 @@ README = (ROOT / "README.md").read_text()
 
 def readme_commands() -> list[str]:
     """`fastprod ...` command lines from bash blocks and from inline code spans."""
-    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    blocks = re.findall(r"```(?:bash|text)\n(.*?)```", README, flags=re.S)
     lines = [ln.split("#")[0].strip() for block in blocks for ln in block.splitlines()]
     spans = re.findall(r"`(fastprod [^`]+)`", README)
     return sorted({ln for ln in lines + spans if ln.startswith("fastprod ")})
 
 
-def subcommand_flags() -> dict[str, set[str]]:
-    parser = build_parser()
-    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    return {name: {opt for action in sub._actions for opt in action.option_strings}
-            for name, sub in subparsers.choices.items()}
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
 
 
 @pytest.mark.parametrize("command", readme_commands())
 def test_fastprod_command_is_valid(command):
-    words = shlex.split(command.replace("[", " ").replace("]", " ").replace("|", " "))
-    flags = subcommand_flags()
-    assert words[1] in flags, f"README uses unknown subcommand: {command}"
-    used = {w.split("=")[0] for w in words[2:] if w.startswith("--")}
-    assert used <= flags[words[1]], f"{command}: unknown flags {used - flags[words[1]]}"
+    words = shlex.split(command.replace("[", " ").replace("]", " ").replace("|", " "))[1:]
+    parser = build_parser()
+    while subcommands(parser):  # fastprod ensemble fit ...: descend one level per subcommand word
+        assert words and words[0] in subcommands(parser), f"README uses an unknown subcommand: {command}"
+        parser, words = subcommands(parser)[words[0]], words[1:]
+    flags = {opt for action in parser._actions for opt in action.option_strings}
+    used = {w.split("=")[0] for w in words if w.startswith("--")}
+    assert used <= flags, f"{command}: unknown flags {used - flags}"
 
 
 def test_named_scripts_and_configs_exist():
