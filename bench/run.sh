@@ -37,7 +37,9 @@ if [ "$QUICK" = 1 ]; then
   bench profile_step bench/profile_step.py --out "$OUT/profile" --models resnet10t --size 32 --batch 8 --steps 2 \
     --classes 4 --images 64 --set data.workers=0
   bench ensemble bench/ensemble.py --models 2 --classes 5003 --images 64 --reps 1
+  bench loader bench/loader.py --work "$OUT/loader-data" --images 24 --batch 8 --repeats 1 --only baseline pil dali
 else
+  bench loader bench/loader.py --work "$OUT/loader-data"
   bench kernels_cpu bench/kernels_cpu.py
   bench profile_step bench/profile_step.py --out "$OUT/profile"
   bench ensemble bench/ensemble.py
