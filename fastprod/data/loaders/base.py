@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fastprod.data.sampler import epoch_batches
+
 
 @dataclass
 class Batch:
@@ -18,11 +20,31 @@ class Batch:
 
 
 class Loader(ABC):
-    """Base: epoch and in-epoch position, so a run resumes at the exact next batch."""
+    """Base: this rank's seeded sample order, the epoch and the in-epoch position, so a run resumes at the
+    exact next batch. Subclasses set `batch_size`, `train` (shuffle, drop the last partial batch), `rank`,
+    `world` and `seed` and call `super().__init__(number of samples)`."""
 
-    def __init__(self) -> None:
+    batch_size: int
+    train: bool
+    rank: int
+    world: int
+    seed: int
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = num_samples
         self.epoch = 0
         self.batches_done = 0
+
+    def _batches(self) -> list[list[tuple[int, int]]]:
+        """This rank's batches of the current epoch, in the seeded order every backend shares."""
+        return epoch_batches(
+            self.num_samples, self.batch_size, epoch=self.epoch, seed=self.seed, rank=self.rank,
+            world=self.world, shuffle=self.train, drop_last=self.train,
+        )
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return len(self._batches())
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -37,10 +59,6 @@ class Loader(ABC):
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
-
-    @abstractmethod
-    def __len__(self) -> int:
-        """Batches per epoch on this rank."""
 
     @abstractmethod
     def __iter__(self) -> Iterator[Batch]:

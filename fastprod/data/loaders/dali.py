@@ -44,7 +44,6 @@ from fastprod.data.images import ImageError, load_rgb
 from fastprod.data.loaders import augparams as ap
 from fastprod.data.loaders.base import Batch, Loader
 from fastprod.data.manifest import SplitView
-from fastprod.data.sampler import epoch_batches
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -93,7 +92,7 @@ class DALILoader(Loader):
         self, split: SplitView, cfg: DataConfig, *, train: bool, rank: int, world: int, seed: int,
         device: torch.device, channels_last: bool, quarantine_log: Path | None,
     ) -> None:
-        super().__init__()
+        super().__init__(len(split))
         self._fn, self._pipeline_def, self._types, self._feed = _import_dali()
         self.split, self.cfg, self.train = split, cfg, train
         self.rank, self.world, self.seed = rank, world, seed
@@ -110,15 +109,6 @@ class DALILoader(Loader):
         # columns fed to the pipeline: bytes, crop anchor, crop shape, flip, warp matrix, cutout anchor, cutout
         # shape, warp on/off
         self._outputs = [0, 1, 2] + [3] * train + [4, 7] * self.warp + [5, 6] * self.cutout
-
-    def _batches(self) -> list[list[tuple[int, int]]]:
-        return epoch_batches(
-            len(self.split), self.batch_size, epoch=self.epoch, seed=self.seed, rank=self.rank,
-            world=self.world, shuffle=self.train, drop_last=self.train,
-        )
-
-    def __len__(self) -> int:
-        return len(self._batches())
 
     # ---- feeding -------------------------------------------------------------------------------
     def _quarantine(self, index: int, err: Exception) -> None:

@@ -43,7 +43,6 @@ from fastprod.data.augment import MEAN_UINT8, normalize_on_device
 from fastprod.data.loaders import augparams as ap
 from fastprod.data.loaders.base import Batch, Loader
 from fastprod.data.manifest import SplitView
-from fastprod.data.sampler import epoch_batches
 
 
 def beton_path(cfg: DataConfig, split: str) -> Path:
@@ -300,7 +299,7 @@ class FFCVLoader(Loader):
         self, split: SplitView, cfg: DataConfig, *, train: bool, rank: int, world: int, seed: int,
         device: torch.device, channels_last: bool, quarantine_log: Path | None,
     ) -> None:
-        super().__init__()
+        super().__init__(len(split))
         try:
             from ffcv.fields.basics import IntDecoder
             from ffcv.loader import Loader as FFCV, OrderOption
@@ -337,15 +336,6 @@ class FFCVLoader(Loader):
             order=OrderOption.SEQUENTIAL, drop_last=False, os_cache=True, batches_ahead=2,
             pipelines={"image": ops + [ToTensor()], "label": ints(), "index": ints(), "ok": ints()},
         )
-
-    def _batches(self) -> list[list[tuple[int, int]]]:
-        return epoch_batches(
-            len(self.split), self.batch_size, epoch=self.epoch, seed=self.seed, rank=self.rank,
-            world=self.world, shuffle=self.train, drop_last=self.train,
-        )
-
-    def __len__(self) -> int:
-        return len(self._batches())
 
     def _quarantine(self, index: int) -> None:
         record = {"path": self.split.paths[index], "index": index, "reason": "unreadable when the .beton was written"}

@@ -22,7 +22,6 @@ from fastprod.data.augment import eval_ops, normalize_on_device, train_ops
 from fastprod.data.images import ImageError, load_rgb
 from fastprod.data.loaders.base import Batch, Loader
 from fastprod.data.manifest import SplitView
-from fastprod.data.sampler import epoch_batches
 
 
 class _Images(Dataset):
@@ -64,22 +63,13 @@ class PILLoader(Loader):
         self, split: SplitView, cfg: DataConfig, *, train: bool, rank: int, world: int, seed: int,
         device: torch.device, channels_last: bool, quarantine_log: Path | None,
     ) -> None:
-        super().__init__()
+        super().__init__(len(split))
         ops = train_ops(cfg.image_size, cfg.augment) if train else eval_ops(cfg.image_size, cfg.eval_resize)
         self.dataset = _Images(split, v2.Compose(ops), seed, quarantine_log)
         self.batch_size = cfg.batch_size if train else cfg.eval_batch_size
         self.train, self.rank, self.world, self.seed = train, rank, world, seed
         self.device, self.channels_last = device, channels_last
         self.workers = min(cfg.workers, os.cpu_count() or 1)
-
-    def _batches(self) -> list[list[tuple[int, int]]]:
-        return epoch_batches(
-            len(self.dataset), self.batch_size, epoch=self.epoch, seed=self.seed, rank=self.rank,
-            world=self.world, shuffle=self.train, drop_last=self.train,
-        )
-
-    def __len__(self) -> int:
-        return len(self._batches())
 
     def __iter__(self):
         remaining = self._batches()[self.batches_done :]
