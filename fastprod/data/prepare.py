@@ -20,7 +20,6 @@ import sys
 import warnings
 import zlib
 from dataclasses import dataclass
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from fastprod.data.images import ImageError, probe
 from fastprod.data.manifest import CLASS_SIZES_PLOT, DatasetError, Manifest
+from fastprod.data.pool import worker_pool
 
 PROBE_CACHE = "probe_cache.parquet"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -172,7 +172,7 @@ def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int) 
                 results[i] = result
                 bar.update()
         else:
-            with Pool(workers) as pool:
+            with worker_pool(workers) as pool:
                 chunk = max(1, min(256, len(paths) // (workers * 16)))
                 for i, result in zip(todo, pool.imap(_probe_one, paths, chunksize=chunk)):
                     results[i] = result

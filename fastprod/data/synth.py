@@ -23,12 +23,13 @@ import math
 import os
 import sys
 from functools import partial
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 from tqdm import tqdm
+
+from fastprod.data.pool import worker_pool
 
 SHAPES = ("disc", "ring", "square", "triangle", "diamond", "cross", "star", "stripes", "checker")
 BACKGROUND_HUES = tuple(i / 8 for i in range(8))  # light pastel backgrounds
@@ -212,7 +213,7 @@ def synthesize(
     if workers == 1:
         written = sum(progress(map(write, jobs)))
     else:
-        with Pool(workers) as pool:
+        with worker_pool(workers) as pool:
             written = sum(progress(pool.imap_unordered(write, jobs, chunksize=max(1, min(64, len(jobs) // (8 * workers))))))
 
     for split in ("train", "val"):
