@@ -12,4 +12,6 @@ from multiprocessing.pool import Pool
 
 
 def worker_pool(workers: int) -> Pool:
-    return multiprocessing.get_context("forkserver").Pool(workers)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([])  # workers import what they run, not the caller's __main__ (the whole CLI)
+    return context.Pool(workers)
