@@ -48,7 +48,7 @@ def test_fused_training_matches_the_reference(reference, manifest_dir, tmp_path,
     for name, value in weights.items():  # float summation order differs: compare each tensor by its norm
         ref = ref_weights[name].double()
         err = torch.linalg.vector_norm(value.double() - ref).item()
-        assert err <= 1e-3 * torch.linalg.vector_norm(ref).item() + 1e-5, f"{name}: |diff| {err:.3g}"
+        assert err <= 1e-3 * torch.linalg.vector_norm(ref).item() + 1e-4, f"{name}: |diff| {err:.3g}"
 
 
 def test_fused_linear_refuses_zero3(manifest_dir, tmp_path):
