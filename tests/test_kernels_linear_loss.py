@@ -5,8 +5,6 @@ subprocess (this file run as a script), and both kernels compiled for sm_80/90."
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from functools import partial
 
 import pytest
@@ -91,11 +89,9 @@ def test_mixed_dtypes_are_refused():
 
 
 def test_triton_kernels_in_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"ok {len(CASES) + 1} cases" in proc.stdout
+    from test_kernels_row_loss import run_in_interpreter
+
+    assert f"ok {len(CASES) + 1} cases" in run_in_interpreter(__file__)
 
 
 COMMON_SIGNATURE = {"n_rows": "i32", "n_classes": "i32", "dim": "i32", "stride_x": "i32", "stride_w": "i32",
