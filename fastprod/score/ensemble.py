@@ -22,11 +22,11 @@ value (x shrinkage) with the lowest top-1 error on B is chosen; the weights are 
 all fitting rows (A and B) with that value. W.npz holds weights [M, C] float32, acc, counts,
 global_acc, the scaling, its value and the error of every grid value on B.
 
-Applying. prediction[n, c] = sum_m w[m, c] * P_m[n, c], computed in row tiles: each tile of each
-model is read from its memory-mapped float16 file and accumulated into a float32 [rows, C] buffer
-with torch (`Combiner`: CPU worker threads over cache-sized tiles; large chunks with --device cuda),
-so memory stays O(workers x tile x C) whatever M x N x C is (8 x 150k x 50,030 float16 is 120 GB
-of files, read once).
+Applying. prediction[n, c] = sum_m w[m, c] * P_m[n, c] and its top-k, streamed from the
+memory-mapped float16 files: on the CPU by one fused numba kernel (fastprod/score/weighted_topk.py:
+convert, multiply-add over models and top-k per image row and class block, in cache), on a GPU by
+torch over row chunks. Memory stays O(threads x tile x C) whatever M x N x C is (8 x 150k x 50,030
+float16 is 120 GB of files, read once).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from tqdm import tqdm
 
 POWERS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 TEMPERATURES = (1.0, 0.3, 0.1, 0.05, 0.03, 0.02, 0.01, 0.005)
@@ -228,106 +229,71 @@ def load_weights(path: str | Path, num_models: int, num_classes: int) -> np.ndar
     return w
 
 
-GROUP = 128  # two-level top-k: columns per group
-
-
-class Combiner:
-    """sum_m w[m, c] * P_m[lo:hi, c] and its top-k, for one worker (it owns its buffers).
-
-    CPU: rows are taken in tiles of a few rows, so the float32 accumulator ([tile, C], 1.6 MB at
-    8 x 50,030) stays in cache: each model's float16 tile is converted into a float32 scratch tile
-    (`copy_`, F16C) and accumulated with `addcmul_`. The top-k is two-level: the maximum of each
-    group of GROUP columns, the top-k groups, then the top-k of their k x GROUP candidates (the k
-    largest values lie in the k groups with the largest maxima), ~3x cheaper than `topk` over C.
-    GPU: the same ops on large chunks.
-    """
-
-    def __init__(self, probs: list[np.ndarray], weights: torch.Tensor, rows: int, k: int) -> None:
-        self.probs, self.w, self.k = probs, weights, k
-        self.C = probs[0].shape[1]
-        self.device = weights.device
-        self.grouped = self.C >= 8 * k * GROUP
-        width = -(-self.C // GROUP) * GROUP if self.grouped else self.C
-        self.acc = torch.full((rows, width), float("-inf"), device=self.device)  # padding stays -inf
-        self.tmp = torch.empty((rows, self.C), device=self.device)
-
-    def _rows(self, m: int, lo: int, hi: int) -> torch.Tensor:
-        x = _tensor(self.probs[m][lo:hi])
-        if self.device.type != "cpu":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        return x
-
-    def __call__(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(top-k values, top-k indices, the [hi - lo, C] sum), views of this worker's buffers."""
-        acc = self.acc[: hi - lo]
-        total, tmp = acc[:, : self.C], self.tmp[: hi - lo]
-        for m in range(len(self.probs)):
-            tmp.copy_(self._rows(m, lo, hi))
-            if m == 0:
-                torch.mul(tmp, self.w[0], out=total)
-            else:
-                total.addcmul_(tmp, self.w[m])
-        k = min(self.k, self.C)
-        if not self.grouped:
-            v, i = total.topk(k, dim=1)
-            return v, i, total
-        b = hi - lo
-        groups = acc.view(b, -1, GROUP)
-        top_groups = groups.amax(-1).topk(k, dim=1).indices  # [b, k]
-        cand = groups.gather(1, top_groups[:, :, None].expand(b, k, GROUP)).reshape(b, k * GROUP)
-        v, j = cand.topk(k, dim=1)
-        return v, top_groups.gather(1, j // GROUP) * GROUP + j % GROUP, total
-
-
-def weighted_sum(probs: list[np.ndarray], weights: torch.Tensor, lo: int, hi: int,
-                 device: torch.device | None = None) -> torch.Tensor:
-    """sum_m weights[m] * probs[m][lo:hi] as float32 [hi - lo, C] (a copy)."""
-    return Combiner(probs, weights.to(device or weights.device), hi - lo, 1)(lo, hi)[2].clone()
+def weighted_topk_torch(probs: list[np.ndarray], weights: torch.Tensor, lo: int, hi: int, k: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The GPU path: (top-k values, top-k indices, the [hi - lo, C] float32 sum) of rows lo:hi on weights' device."""
+    total = None
+    for m, p in enumerate(probs):
+        x = _tensor(np.asarray(p[lo:hi]))
+        if weights.device.type != "cpu":
+            x = x.pin_memory().to(weights.device, non_blocking=True)
+        term = x.float() * weights[m]
+        total = term if total is None else total.add_(term)
+    v, i = total.topk(k, dim=1)
+    return v, i, total
 
 
 def apply(preds: list[Preds], weights: np.ndarray, out_dir: str | Path, *, topk: int = 5, save_probs: bool = False,
-          chunk: int = 0, device: str = "cpu", labels: np.ndarray | None = None, threads: int = 0) -> dict:
+          chunk: int = 0, device: str = "cpu", labels: np.ndarray | None = None, threads: int = 0,
+          progress: bool = True) -> dict:
     """Write the ensemble's top-k (predictions.parquet) and optionally its float16 probabilities.
 
-    CPU: `threads` workers (default: torch's thread count) each combine their own row tiles with one
-    torch thread, so no operation waits at a thread barrier (which on a busy machine costs more than
-    it parallelises over a tile of a few rows). `chunk`: rows per tile (default 8 on CPU, 1024 on GPU).
+    CPU: the fused numba kernel (`weighted_topk`) over `threads` threads (default: all), in tiles of
+    `chunk` rows (default 4); GPU: torch over chunks of 1024 rows. A row with a non-finite probability
+    in any model is reported missing (ok false, pred -1).
     """
-    from concurrent.futures import ThreadPoolExecutor
+    import numba
+
+    from fastprod.score.weighted_topk import storage_view, weighted_topk
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n, C = preds[0].shape
-    dev = torch.device(device)
-    w = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)).to(dev)
-    probs = [p.probs for p in preds]
-    chunk = chunk or (8 if dev.type == "cpu" else 1024)
-    mm = np.lib.format.open_memmap(out_dir / "probs.npy", mode="w+", dtype=np.float16, shape=(n, C)) if save_probs else None
     k = min(topk, C)
+    dev = torch.device(device)
+    w = np.ascontiguousarray(weights, dtype=np.float32)
+    if not np.isfinite(w).all():
+        raise ValueError("ensemble weights contain NaN or inf")
+    mm = np.lib.format.open_memmap(out_dir / "probs.npy", mode="w+", dtype=np.float16, shape=(n, C)) if save_probs else None
     top_p = np.empty((n, k), dtype=np.float32)
     top_i = np.empty((n, k), dtype=np.int32)
-    workers = max(1, threads or torch.get_num_threads()) if dev.type == "cpu" else 1
-    starts = list(range(0, n, chunk))
-
-    def work(worker: int) -> None:
-        combine = Combiner(probs, w, chunk, k)
-        for lo in starts[worker::workers]:
-            hi = min(n, lo + chunk)
-            v, i, total = combine(lo, hi)
+    slab = 1 << 12  # rows per kernel call: the progress bar's step
+    bar = tqdm(total=n, unit="img", desc="ensemble", disable=not progress, dynamic_ncols=True)
+    if dev.type == "cpu":
+        probs = tuple(storage_view(p.probs) for p in preds)
+        if len({p.dtype for p in probs}) > 1:
+            raise TypeError(f"--preds mix float16 and float32 matrices: {[str(p.path) for p in preds]}")
+        out = np.asarray(mm).view(np.uint16) if mm is not None else np.empty((0, C), np.uint16)
+        saved = numba.get_num_threads()
+        numba.set_num_threads(min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS))
+        try:
+            for lo in range(0, n, slab):
+                hi = min(n, lo + slab)
+                weighted_topk(tuple(p[lo:hi] for p in probs), w, chunk or 4, top_p[lo:hi], top_i[lo:hi],
+                              out[lo:hi] if mm is not None else out)
+                bar.update(hi - lo)
+        finally:
+            numba.set_num_threads(saved)
+    else:
+        wt = torch.from_numpy(w).to(dev)
+        for lo in range(0, n, chunk or 1024):
+            hi = min(n, lo + (chunk or 1024))
+            v, i, total = weighted_topk_torch([p.probs for p in preds], wt, lo, hi, k)
             top_p[lo:hi], top_i[lo:hi] = v.cpu().numpy(), i.cpu().numpy()
             if mm is not None:
                 mm[lo:hi] = total.half().cpu().numpy()
-
-    if workers == 1:
-        work(0)
-    else:
-        saved = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(work, range(workers)))
-        finally:
-            torch.set_num_threads(saved)
+            bar.update(hi - lo)
+    bar.close()
     ok = np.isfinite(top_p).all(1)
     top_i[~ok], top_p[~ok] = -1, np.nan
     if mm is not None:
@@ -391,7 +357,7 @@ def register(subparsers) -> None:
     a.add_argument("--split", default="val")
     a.add_argument("--topk", type=int, default=5)
     a.add_argument("--probs", action="store_true", help="also write the ensemble's float16 probs.npy")
-    a.add_argument("--chunk", type=int, default=0, help="images per tile (default: 8 on CPU, 1024 on GPU)")
-    a.add_argument("--threads", type=int, default=0, help="CPU workers (default: torch's thread count)")
+    a.add_argument("--chunk", type=int, default=0, help="images per tile (default: 4 on CPU, 1024 on GPU)")
+    a.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     a.add_argument("--device", default=None)
     a.set_defaults(func=_apply_cli)
