@@ -10,9 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from fastprod.score.ensemble import (Preds, apply, class_weights, fit, load_preds, per_class_accuracy,
-                                     stratified_holdout)
+                                     stratified_holdout, weighted_topk_torch)
 
 
 def write_preds(directory: Path, probs: np.ndarray, labels: np.ndarray | None = None) -> Path:
@@ -165,16 +166,29 @@ def test_preds_reject_mismatched_inputs(tmp_path):
     assert Preds(a).shape == (4, 3)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_apply_two_level_topk_over_many_classes(tmp_path, threads):
+@pytest.mark.parametrize("device,threads", [
+    ("cpu", 1), ("cpu", 2),
+    pytest.param("cuda", 0, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU path needs CUDA"))])
+def test_apply_over_many_classes(tmp_path, device, threads):
     rng = np.random.default_rng(threads)
-    M, N, C = 2, 21, 6003  # C >= 8 * k * GROUP: grouped top-k; C not a multiple of the group size
+    M, N, C = 2, 21, 6003  # several class blocks; C not a multiple of the block or group size
     probs = random_probs(rng, M, N, C)
-    probs[:, 3, 6002] = 1.0  # the winner in the padded last group
+    probs[:, 3, 6002] = 1.0  # the winner in the partial last group
     preds = load_preds([write_preds(tmp_path / f"p{m}", probs[m]) for m in range(M)])
     w = rng.random((M, C)).astype(np.float32)
-    apply(preds, w, tmp_path / "out", topk=5, chunk=4, threads=threads)
+    apply(preds, w, tmp_path / "out", topk=5, chunk=4, threads=threads, device=device)
     ref = np.einsum("mnc,mc->nc", probs.astype(np.float64), w.astype(np.float64))
     table = pq.read_table(tmp_path / "out" / "predictions.parquet").to_pylist()
     assert [r["topk_labels"] for r in table] == np.argsort(-ref, axis=1, kind="stable")[:, :5].tolist()
     assert table[3]["pred"] == 6002
+
+
+def test_the_gpu_path_computes_the_same_sum_on_any_device():
+    """weighted_topk_torch (what --device cuda runs) on CPU tensors, against float64."""
+    rng = np.random.default_rng(5)
+    probs = random_probs(rng, 3, 10, 700)
+    w = rng.random((3, 700)).astype(np.float32)
+    v, i, total = weighted_topk_torch(list(probs), torch.from_numpy(w), 2, 9, 5)
+    ref = np.einsum("mnc,mc->nc", probs[:, 2:9].astype(np.float64), w.astype(np.float64))
+    np.testing.assert_allclose(total.numpy(), ref, rtol=1e-6)
+    np.testing.assert_array_equal(i.numpy(), np.argsort(-ref, axis=1, kind="stable")[:, :5])
