@@ -1,7 +1,7 @@
 """TTA scoring engines: views/s and images/s per backend against eager in the same run.
 
     .venv/bin/python bench/tta_engines.py [--model resnet18] [--size 128] [--classes 1000]
-        [--views 2] [--batch 32] [--backends eager onnxruntime inductor] [--reps 5] [--json FILE]
+        [--views 2] [--batch 32] [--backends eager onnxruntime onnxruntime:int8 inductor] [--reps 5] [--json FILE]
 
 Each backend is exported with `fastprod.score.engine.export_engine` from the same random-init
 weights (a run directory in the trainer's layout, made in a temporary folder) and called on the same
@@ -9,6 +9,8 @@ uint8 batch of `--batch` views; the reps are interleaved across backends (round 
 machine shared with other work slows all of them alike. images/s = views/s / --views. The output
 of each engine is compared with eager (max abs difference of the probabilities). Export time
 (the inductor AOT compile) is reported separately and not counted in the throughput.
+BACKEND:PRECISION picks a precision (onnxruntime:int8 is calibrated on another random batch: its
+difference to eager says little about accuracy on real images, which tests/test_score.py checks).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def main() -> int:
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--views", type=int, default=2, help="views per image (center, and its mirror if 2)")
     ap.add_argument("--batch", type=int, default=32, help="views per engine call")
-    ap.add_argument("--backends", nargs="+", default=["eager", "onnxruntime", "inductor"])
+    ap.add_argument("--backends", nargs="+", default=["eager", "onnxruntime", "onnxruntime:int8", "inductor"],
+                    help="BACKEND or BACKEND:PRECISION")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=None)
@@ -62,11 +65,14 @@ def main() -> int:
                       generator=torch.Generator().manual_seed(0))
     print(f"{hardware()}\n{args.model} {args.size}px, {args.classes} classes, batch {args.batch} views")
     engines, export_s = {}, {}
+    calibration = torch.randint(0, 256, x.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     for backend in ["eager"] + [b for b in args.backends if b != "eager"]:
+        name, _, precision = backend.partition(":")
         t = time.perf_counter()
         try:
-            engines[backend] = Engine(export_engine([ckpt], tmp / backend, backend=backend, views=views,
-                                                    max_batch=max(args.batch, 2)), "cpu")
+            engines[backend] = Engine(export_engine(
+                [ckpt], tmp / backend.replace(":", "-"), backend=name, precision=precision or "fp32", views=views,
+                max_batch=max(args.batch, 2), calibration=calibration if precision == "int8" else None), "cpu")
         except Exception as err:  # e.g. tensorrt without TensorRT: report and go on
             print(f"{backend}: not available ({type(err).__name__}: {str(err)[:200]})")
             continue
@@ -86,9 +92,9 @@ def main() -> int:
         rows.append({"backend": backend, "views_per_s": args.batch / s, "images_per_s": args.batch / s / len(views),
                      "x_eager": eager_s / s, "export_s": export_s[backend],
                      "max_abs_diff_vs_eager": float((engine(x) - ref).abs().max())})
-    print(f"{'backend':<14}{'views/s':>10}{'img/s':>9}{'x eager':>9}{'export s':>10}{'max |diff|':>12}")
+    print(f"{'backend':<18}{'views/s':>10}{'img/s':>9}{'x eager':>9}{'export s':>10}{'max |diff|':>12}")
     for r in rows:
-        print(f"{r['backend']:<14}{r['views_per_s']:>10.1f}{r['images_per_s']:>9.1f}{r['x_eager']:>9.2f}"
+        print(f"{r['backend']:<18}{r['views_per_s']:>10.1f}{r['images_per_s']:>9.1f}{r['x_eager']:>9.2f}"
               f"{r['export_s']:>10.1f}{r['max_abs_diff_vs_eager']:>12.1e}")
     write_json(args.json, "tta_engines", f"TTA engines, {args.model} {args.size}px, {args.classes} classes, "
                f"batch {args.batch} views", "eager (fp32, channels_last) in the same run", rows,

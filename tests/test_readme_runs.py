@@ -87,8 +87,10 @@ def test_readme_commands_run_as_written(tmp_path):
         probs[name] = np.load(tmp_path / "preds" / name / "probs.npy").astype(np.float64)
         assert probs[name].shape[0] == len(val)
         np.testing.assert_allclose(probs[name].sum(1), 1.0, atol=5e-3)
-    folder = pq.read_table(tmp_path / "preds/folder/predictions.parquet")
-    assert folder.num_rows == len(val)
+    for name in ("folder", "demo-int8"):
+        table = pq.read_table(tmp_path / "preds" / name / "predictions.parquet")
+        assert table.num_rows == len(val) and all(table["ok"].to_pylist())
+    assert json.loads((tmp_path / "engines/demo-int8/engine.json").read_text())["precision"] == "int8"
     average = pq.read_table(tmp_path / "preds/average/predictions.parquet").to_pylist()
     mean = sum(probs.values()) / 3  # the uniform ensemble, by numpy
     for row, p in zip(average, mean):

@@ -21,7 +21,8 @@ from fastprod.data.manifest import Manifest
 from fastprod.models import create_model
 from fastprod.score.engine import Engine, export_engine, snapshot_checkpoints
 from fastprod.score.score import Items, items_from_manifest, items_from_paths, score
-from fastprod.score.tta import Views
+from fastprod.score.quantize import calibration_views
+from fastprod.score.tta import Views, make_views
 
 VIEWS = Views(32, (1.0, 1.3), ("center", "br", "tl"), (False, True))
 
@@ -122,6 +123,32 @@ def test_engine_agrees_with_eager(backend, run_dir, eager, tmp_path):
         got, ref = engine(x), eager(x)
         assert got.shape == ref.shape == (n, 6) and got.dtype == torch.float32
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_int8_onnxruntime_engine_tracks_eager_on_real_images(run_dir, manifest_dir, eager, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra (pip install '.[onnx]') is not installed")
+    import onnx
+
+    calibration = calibration_views([manifest_dir], "train", 12, VIEWS)
+    assert calibration.dtype == torch.uint8 and calibration.shape == (12 * len(VIEWS), 3, 32, 32)
+    engine = Engine(export_engine([run_dir / "final" / "model.pt"], tmp_path / "int8", backend="onnxruntime",
+                                  precision="int8", views=VIEWS, max_batch=16, calibration=calibration), "cpu")
+    assert engine.meta["precision"] == "int8" and engine.meta["calibration_views"] == len(calibration)
+    graph = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    quantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    int8_weights = [t for t in graph.initializer if t.name in quantized and t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= 10  # every convolution's weights are stored as int8
+    val = items_from_manifest(manifest_dir, "val")
+    x = torch.cat([make_views(Image.open(p).convert("RGB"), VIEWS) for p in val.paths])
+    got, ref = engine(x), eager(x)
+    print(f"int8 vs fp32 eager: max |dp| {(got - ref).abs().max():.4f}, top-1 agreement "
+          f"{(got.argmax(1) == ref.argmax(1)).float().mean():.3f}")
+    assert (got - ref).abs().max() < 0.05 and (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+    with pytest.raises(ValueError, match="needs calibration"):
+        export_engine([run_dir / "final" / "model.pt"], tmp_path / "x", backend="onnxruntime", precision="int8")
+    with pytest.raises(ValueError, match="onnxruntime only"):
+        export_engine([run_dir / "final" / "model.pt"], tmp_path / "y", backend="eager", precision="int8",
+                      calibration=calibration)
 
 
 def test_bf16_eager_engine_is_close_to_fp32(run_dir, eager, tmp_path):

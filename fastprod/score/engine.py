@@ -1,8 +1,9 @@
 """Scoring engines: one or more trained models behind one uint8-in, probabilities-out module.
 
     fastprod export --checkpoint CKPT [CKPT ...] | --snapshots RUN --out ENGINE_DIR
-                    [--backend eager|onnxruntime|inductor|tensorrt] [--precision fp32|bf16|fp16]
+                    [--backend eager|onnxruntime|inductor|tensorrt] [--precision fp32|bf16|fp16|int8]
                     [--scales 1.0 1.14 1.33] [--crops center tl tr bl br] [--flip none|both|only]
+                    [--calibration DATASET_OR_IMAGES ...]   (int8: onnxruntime, see quantize.py)
 
 The exported graph takes a uint8 [N, 3, S, S] batch of TTA views (N dynamic) and returns float32
 [N, C] class probabilities: normalisation, the network(s) and the softmax are inside it, and with
@@ -13,7 +14,8 @@ once per image whatever the number of members.
 ENGINE_DIR/engine.json records the backend, precision, model config, class ids, views and member
 checkpoints; with the backend's artifact next to it, scoring needs nothing else:
     eager        member-K.pt state dicts, rebuilt with `create_model` (the reference)
-    onnxruntime  model.onnx from the dynamo exporter (`torch.onnx.export(..., dynamo=True)`), fp32
+    onnxruntime  model.onnx from the dynamo exporter (`torch.onnx.export(..., dynamo=True)`), fp32, or
+                 int8 after static quantisation calibrated on real views (fastprod/score/quantize.py)
     inductor     model.pt2, an AOTInductor package compiled ahead of time (loads without compiling)
     tensorrt     model.ep, a torch_tensorrt-compiled ExportedProgram (needs TensorRT and a GPU)
 """
@@ -34,6 +36,7 @@ from fastprod.score.tta import Views
 
 BACKENDS = ("eager", "onnxruntime", "inductor", "tensorrt")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = (*DTYPES, "int8")
 ENGINE_JSON = "engine.json"
 
 
@@ -94,16 +97,22 @@ def _example(views: Views, batch: int, device: str = "cpu") -> torch.Tensor:
 def _check_precision(backend: str, precision: str, device: str) -> None:
     if precision == "fp16" and device == "cpu" and backend != "tensorrt":
         raise ValueError("--precision fp16 is not supported on CPU (use bf16 or fp32)")
-    if backend == "onnxruntime" and precision != "fp32":
-        raise ValueError("--backend onnxruntime exports fp32 only (its CPU kernels have no bf16/fp16 convolutions)")
+    if backend == "onnxruntime" and precision not in ("fp32", "int8"):
+        raise ValueError("--backend onnxruntime exports fp32 or int8 (its CPU kernels have no bf16/fp16 convolutions)")
+    if precision == "int8" and backend != "onnxruntime":
+        raise ValueError("--precision int8 is implemented for --backend onnxruntime only")
 
 
 def export_engine(checkpoints: list[Path], out: Path, *, backend: str = "eager", precision: str = "fp32",
-                  views: Views | None = None, max_batch: int = 256, device: str = "cpu") -> Path:
-    """Write ENGINE_DIR for `checkpoints` (all of one run's architecture and classes)."""
+                  views: Views | None = None, max_batch: int = 256, device: str = "cpu",
+                  calibration: torch.Tensor | None = None) -> Path:
+    """Write ENGINE_DIR for `checkpoints` (all of one run's architecture and classes); int8 needs
+    `calibration`, uint8 views of real images (`quantize.calibration_views`)."""
     if backend not in BACKENDS:
         raise ValueError(f"--backend: {backend!r} is not one of {BACKENDS}")
     _check_precision(backend, precision, device)
+    if precision == "int8" and calibration is None:
+        raise ValueError("--precision int8 needs calibration images (--calibration DATASET_OR_IMAGES)")
     checkpoints = [Path(p) for p in checkpoints]
     run_config = find_run_config(checkpoints[0])
     cfg = load_config(run_config)
@@ -119,11 +128,18 @@ def export_engine(checkpoints: list[Path], out: Path, *, backend: str = "eager",
         "run_config": str(run_config.resolve()), "max_batch": max_batch, "input": "uint8 [N, 3, S, S] RGB 0-255",
         "output": "float32 [N, C] probabilities (mean over members)",
     }
-    module = build_module(cfg.model, len(class_ids), checkpoints, DTYPES[precision])
+    module = build_module(cfg.model, len(class_ids), checkpoints, DTYPES.get(precision, torch.float32))
     if backend == "eager":
         for i, p in enumerate(checkpoints):
             shutil.copyfile(p, out / f"member-{i}.pt")
         meta["artifact"] = [f"member-{i}.pt" for i in range(len(checkpoints))]
+    elif backend == "onnxruntime" and precision == "int8":
+        from fastprod.score.quantize import quantize_onnx
+
+        fp32 = out / _export_onnx(module, views, out / "model-fp32.onnx", max_batch)
+        quantize_onnx(fp32, out / "model.onnx", calibration)
+        fp32.unlink()
+        meta["artifact"], meta["calibration_views"] = "model.onnx", len(calibration)
     elif backend == "onnxruntime":
         meta["artifact"] = _export_onnx(module, views, out / "model.onnx", max_batch)
     elif backend == "inductor":
@@ -247,8 +263,16 @@ def run(args) -> int:
     cfg = load_config(find_run_config(Path(checkpoints[0])))
     views = parse_views(args.image_size or cfg.data.image_size, args.scales or [cfg.data.eval_resize], args.crops,
                         args.flip)
+    calibration = None
+    if args.calibration and args.precision != "int8":
+        raise SystemExit("fastprod export: --calibration is for --precision int8")
+    if args.calibration:
+        from fastprod.score.quantize import calibration_views
+
+        calibration = calibration_views(args.calibration, args.calibration_split, args.calibration_images, views)
     out = export_engine(checkpoints, Path(args.out), backend=args.backend, precision=args.precision, views=views,
-                        max_batch=args.max_batch, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                        max_batch=args.max_batch, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                        calibration=calibration)
     print(f"engine: {out} ({args.backend}, {args.precision}, {len(checkpoints)} member(s), {len(views)} views)")
     return 0
 
@@ -261,7 +285,10 @@ def register(subparsers) -> None:
     p.add_argument("--snapshots", type=Path, help="a run directory: every SGDR snapshot becomes an ensemble member")
     p.add_argument("--out", required=True, type=Path, help="ENGINE_DIR to write")
     p.add_argument("--backend", choices=BACKENDS, default="eager")
-    p.add_argument("--precision", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="int8: onnxruntime, with --calibration")
+    p.add_argument("--calibration", nargs="+", help="int8: a prepared dataset, or image files/folders, to calibrate on")
+    p.add_argument("--calibration-split", default="train", help="with a prepared dataset: the split to draw from")
+    p.add_argument("--calibration-images", type=int, default=128, help="images drawn for calibration (all their views)")
     p.add_argument("--image-size", type=int, default=None, help="view size (default: the run's data.image_size)")
     p.add_argument("--scales", type=float, nargs="+", help="short side = image_size * scale (default: data.eval_resize)")
     p.add_argument("--crops", nargs="+", choices=CROPS, help="crop positions per scale (default: center)")
