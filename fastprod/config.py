@@ -304,5 +304,24 @@ def to_dict(config: Config) -> dict:
     return plain(dataclasses.asdict(config))
 
 
+# Keys a resumed run may change: how it reports, saves and feeds data, not what it computes.
+RESUMABLE_CHANGES = frozenset({"run.progress", "run.ckpt_every_steps", "run.keep_checkpoints", "data.workers",
+                               "data.eval_batch_size"})
+
+
+def config_changes(previous: dict, config: Config) -> list[str]:
+    """'key: old -> new' for every setting of `config` that differs from a saved resolved config (keys the
+    saved one lacks, e.g. added by a newer fastprod, and RESUMABLE_CHANGES are not compared)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(previous), flat(to_dict(config))
+    return [f"{k}: {old[k]!r} -> {new.get(k)!r}" for k in old
+            if k not in RESUMABLE_CHANGES and k in new and old[k] != new[k]]
+
+
 def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

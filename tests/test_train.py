@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastprod.config import load_config
 from fastprod.data.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,8 +117,14 @@ def test_kill_and_resume_matches_uninterrupted(reference_run, manifest_dir, tmp_
     train = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [ln["step"] for ln in train if ln["kind"] == "train"] == list(range(1, total + 1))
     # running the finished command again reports the finished run instead of training again
-    again = launch([sys.executable, "launch/train.py", "--config", str(config)])
-    assert "run already complete" in again.stdout
+    again = launch([sys.executable, "launch/train.py", "--config", str(config), "--set", "data.workers=1"])
+    assert "run already complete" in again.stdout  # (how data is fed may change on resume)
+    # ... and refuses to pass off this run as one with other settings
+    other = subprocess.run([sys.executable, "launch/train.py", "--config", str(config), "--set", "loss.name=ce",
+                            "--set", "optim.lr=0.1"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "loss.name: 'sce' -> 'ce'" in other.stderr and "optim.lr: 0.05 -> 0.1" in other.stderr
+    assert load_config(run_dir / "resolved.yaml").loss.name == "sce"  # the run's own record is untouched
 
 
 def test_deepspeed_launcher_two_ranks_gloo(manifest_dir, tmp_path):

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import deepspeed
 import torch
+import yaml
 import torch.nn.functional as F
 from torch.profiler import record_function
 from tqdm import tqdm
 
-from fastprod.config import Config, ConfigError, save_config
+from fastprod.config import Config, ConfigError, config_changes, save_config
 from fastprod.data.loaders import Batch, Loader, create_loader
 from fastprod.data.manifest import Manifest
 from fastprod.losses import LossOutput, create_loss
@@ -52,6 +53,17 @@ def deepspeed_config(cfg: Config) -> dict:
     return ds
 
 
+def _refuse_a_different_run(cfg: Config, run_dir: Path) -> None:
+    """A run directory with a checkpoint resumes only under the settings it was trained with; otherwise
+    the command would quietly continue (or report as complete) a run that is not the one asked for."""
+    previous = run_dir / "resolved.yaml"
+    if previous.is_file() and (run_dir / "checkpoints" / "latest").is_file():
+        changes = config_changes(yaml.safe_load(previous.read_text()) or {}, cfg)
+        if changes:
+            raise ConfigError(f"run.dir {run_dir} holds a run trained with other settings ({'; '.join(changes)}): "
+                              f"resume it with its own settings, or set another run.dir (or delete {run_dir})")
+
+
 class Trainer:
     def __init__(self, cfg: Config, dist: Dist) -> None:
         if dist.device.type == "cpu" and cfg.run.precision == "fp16":
@@ -59,6 +71,7 @@ class Trainer:
         self.cfg, self.dist = cfg, dist
         self.run_dir = Path(cfg.run.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        _refuse_a_different_run(cfg, self.run_dir)
         if dist.is_main:
             save_config(cfg, self.run_dir / "resolved.yaml")
         torch.manual_seed(cfg.run.seed)
