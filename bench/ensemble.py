@@ -92,7 +92,7 @@ def main() -> int:
         torch.from_numpy(out).topk(5, dim=1)
 
     ref = np.einsum("mnc,mc->nc", np.stack([p[:64].astype(np.float64) for p in probs]), w.astype(np.float64))
-    apply(preds[:], w, tmp / "out", topk=5, progress=False)
+    apply(preds, w, tmp / "out", topk=5, progress=False)
     top = np.stack(pq.read_table(tmp / "out" / "predictions.parquet")["topk_probs"].to_numpy(zero_copy_only=False))
     best = -np.sort(-ref, axis=1)[:, :5]
     err = float(np.abs(top[:64] - best).max() / np.abs(best).max())

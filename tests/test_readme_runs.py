@@ -16,13 +16,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from test_train import LAUNCHER_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("What the demo does", "A worked example, end to end", "Scoring: TTA engines and ensembles")
 TINY_DATA = "--classes 5 --train-images 100 --val-per-class 4 --size 48x48"
 TINY_CONFIG = {"model.name": "resnet10t", "data.image_size": 32, "data.batch_size": 8, "data.eval_batch_size": 32,
                "data.workers": 0, "schedule.epochs": 3, "run.progress": False}
-LAUNCHER_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
 
 
 def readme_sections() -> dict[str, list[str]]:
@@ -61,7 +61,7 @@ def test_the_readme_sections_are_found():
 def test_readme_commands_run_as_written(tmp_path):
     shutil.copytree(ROOT / "launch", tmp_path / "launch")
     tiny_demo_config(tmp_path / "configs" / "demo.yaml")
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}  # set by in-process tests before
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1",
                PYTHONPATH=str(ROOT))
     sections = readme_sections()

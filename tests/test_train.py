@@ -37,8 +37,13 @@ def write_config(tmp_path: Path, manifest_dir: Path, name: str, workers: int = 0
     return path
 
 
+# What init_distributed and the launchers put in os.environ; in-process tests leave them behind, and a child
+# process that inherited them would try to join that (in-process) group's port.
+LAUNCHER_VARIABLES = frozenset({"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"})
+
+
 def env() -> dict:
-    e = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    e = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     return {**e, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
