@@ -2,12 +2,15 @@
 
 `load_config(path, overrides)` reads a YAML file into `Config`, applies `key.path=value` overrides
 (values parsed as YAML scalars) and validates every field. Unknown keys and bad values raise
-`ConfigError` naming the dotted key, so a typo never silently falls back to a default.
+`ConfigError` naming the dotted key, so a typo never silently falls back to a default; every float
+field must be finite (inf and nan are refused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -193,6 +196,9 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+_FLOAT_MAX = sys.float_info.max
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML value to the annotated type `tp`, or raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
@@ -228,12 +234,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        number = float(value) if isinstance(value, float) or abs(value) <= _FLOAT_MAX else math.inf
+        if not math.isfinite(number):  # an infinite LR trains to NaN weights and still exits 0
+            raise ConfigError(f"{key}: must be a finite number, got {number}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")

@@ -59,3 +59,30 @@ def test_shipped_configs_load():
     for name in ("configs/demo.yaml", "configs/resnet34_aliproducts.yaml"):
         cfg = load_config(name)
         assert cfg.model.drop_rate == 0.5 and cfg.schedule.cycle_mult == 2
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("optim.lr=.inf", "inf"), ("optim.lr=inf", "inf"), ("optim.lr=.nan", "nan"), ("schedule.lr_min=.nan", "nan"),
+    ("data.augment.rotation_degrees=-.inf", "-inf"), ("loss.sce_A=-.inf", "-inf"), ("optim.grad_clip=1e999", "inf"),
+    ("data.augment.crop_scale=[.nan, 1.0]", "nan"), ("optim.lr=1" + "0" * 400, "inf"),
+])
+def test_non_finite_floats_are_refused(tmp_path, override, shown):
+    """inf and nan (YAML .inf/.nan, the string inf, an overflowing 1e999) are never a valid setting."""
+    key = override.split("=")[0] + ("[0]" if "crop_scale" in override else "")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "data: {manifest: m}\n"), [override])
+    assert str(err.value) == f"{key}: must be a finite number, got {shown}"
+
+
+def test_non_finite_value_in_yaml_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"^optim\.momentum: must be a finite number, got nan$"):
+        load_config(write(tmp_path, "data: {manifest: m}\noptim: {momentum: .nan}\n"))
+
+
+def test_cli_refuses_infinite_lr_before_training(tmp_path, capsys):
+    from fastprod.cli import main
+
+    config = write(tmp_path, f"data: {{manifest: {tmp_path / 'nowhere'}}}\nrun: {{dir: {tmp_path / 'run'}}}\n")
+    assert main(["train", "--config", str(config), "--set", "optim.lr=.inf"]) == 2
+    assert capsys.readouterr().err == "config error: optim.lr: must be a finite number, got inf\n"
+    assert not (tmp_path / "run").exists()
