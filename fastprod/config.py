@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -196,9 +195,6 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-_FLOAT_MAX = sys.float_info.max
-
-
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML value to the annotated type `tp`, or raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
@@ -239,7 +235,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        number = float(value) if isinstance(value, float) or abs(value) <= _FLOAT_MAX else math.inf
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            number = math.inf if value > 0 else -math.inf
         if not math.isfinite(number):  # an infinite LR trains to NaN weights and still exits 0
             raise ConfigError(f"{key}: must be a finite number, got {number}")
         return number
