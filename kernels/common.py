@@ -7,7 +7,9 @@ and the gradient of loss_i times a row scale r_i (1 / N_valid for the mean loss)
     dz_k = s_i p_k - t_i [k == y] - u_i,    p_k = exp(z_k - lse)
     s_i = r_i w_i (alpha + beta (-A) p_y),  t_i = r_i w_i (alpha (1 - e) + beta (-A) p_y),  u_i = r_i w_i alpha e / C
 (the SCE gradient is the CE gradient scaled per row; label smoothing adds the uniform -alpha e / C).
-Ignored rows have w_i = 0 here, so their loss and gradient are exactly zero.
+Ignored rows have w_i = 0 here, so their loss and gradient are exactly zero. The per-sample CE that
+O2U records is the true lse - z_y for every row that is not ignored, whatever its weight (a row of
+weight 0 still has a CE, as in `reference_loss` and the Triton row kernel), and 0 for ignored rows.
 """
 
 from __future__ import annotations
@@ -52,13 +54,14 @@ def inv_valid_count(target: torch.Tensor, p: LossParams, dtype: torch.dtype) -> 
     return 1.0 / (target != p.ignore_index).sum().clamp(min=1).to(torch.promote_types(dtype, torch.float32))
 
 
-def row_losses(lse: torch.Tensor, z_y: torch.Tensor, sum_z: torch.Tensor | None, w: torch.Tensor, n_classes: int,
-               p: LossParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weighted per-sample loss, unweighted unsmoothed CE), both zero where w (and so the row) is ignored."""
+def row_losses(lse: torch.Tensor, z_y: torch.Tensor, sum_z: torch.Tensor | None, w: torch.Tensor,
+               target: torch.Tensor, n_classes: int, p: LossParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weighted per-sample loss, unweighted unsmoothed CE): both zero on ignored rows; on the others the
+    loss is scaled by w (zero for weight 0) and the CE is the true CE whatever the weight."""
     ce = lse - z_y
     loss = (1 - p.smoothing) * ce - p.smoothing * (sum_z / n_classes - lse) if p.smoothing else ce
     loss = p.alpha * loss + p.rce_scale * (1 - torch.exp(-ce))
-    valid = w != 0
+    valid = target != p.ignore_index
     zero = torch.zeros((), dtype=ce.dtype, device=ce.device)
     return torch.where(valid, loss * w, zero), torch.where(valid, ce, zero)
 

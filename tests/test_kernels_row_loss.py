@@ -16,13 +16,13 @@ from fastprod.config import LossConfig
 from fastprod.losses import create_loss
 from fastprod.losses.reference import A_OFFICIAL, A_PAPER, reference_loss
 
-# (rows, classes, smoothing, alpha, beta, A, weighted, ignored rows)
+# (rows, classes, smoothing, alpha, beta, A, weighted, ignored rows, rows of weight 0); other weights are in (0, 2)
 CASES = [
-    (5, 1003, 0.0, 1.0, 0.0, A_OFFICIAL, False, [2]),
-    (4, 257, 0.1, 1.0, 0.0, A_OFFICIAL, True, []),
-    (6, 999, 0.2, 0.5, 1.0, A_PAPER, True, [0, 5]),
-    (3, 50030, 0.0, 6.0, 0.1, A_OFFICIAL, True, [1]),
-    (2, 100, 0.4, 0.1, 1.0, A_PAPER, True, [0, 1]),
+    (5, 1003, 0.0, 1.0, 0.0, A_OFFICIAL, False, [2], []),
+    (4, 257, 0.1, 1.0, 0.0, A_OFFICIAL, True, [], [1]),
+    (6, 999, 0.2, 0.5, 1.0, A_PAPER, True, [0, 5], [2, 5]),
+    (3, 50030, 0.0, 6.0, 0.1, A_OFFICIAL, True, [1], [0]),
+    (2, 100, 0.4, 0.1, 1.0, A_PAPER, True, [0, 1], []),
 ]
 
 
@@ -32,13 +32,22 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr("kernels.row_loss.chunked.CHUNK_ELEMENTS", 2000)
 
 
-def make_case(rows: int, classes: int, weighted: bool, ignored: list[int], seed: int = 0):
+def make_case(rows: int, classes: int, weighted: bool, ignored: list[int], seed: int = 0, zero_weight: list[int] = ()):
     g = torch.Generator().manual_seed(seed + classes)
     logits = torch.randn(rows, classes, generator=g, dtype=torch.float64) * 3
     target = torch.randint(0, classes, (rows,), generator=g)
     target[ignored] = -100
     weights = torch.rand(rows, generator=g, dtype=torch.float64) * 2 if weighted else None
+    if weights is not None:
+        weights[list(zero_weight)] = 0.0
     return logits, target, weights
+
+
+def true_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log sum_k exp z_k - z_y per row in float64, whatever the row's weight; 0 on ignored rows."""
+    z = logits.double()
+    ce = torch.logsumexp(z, dim=1) - z.gather(1, target.clamp(min=0)[:, None]).squeeze(1)
+    return torch.where(target != -100, ce, torch.zeros_like(ce))
 
 
 def run_loss(fn, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, **kw):
@@ -51,16 +60,17 @@ def run_loss(fn, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tens
 
 
 def check_against_reference(fn, case, dtype: torch.dtype, tol: float, **extra) -> None:
-    rows, classes, smoothing, alpha, beta, A, weighted, ignored = case
-    logits, target, weights = make_case(rows, classes, weighted, ignored)
+    rows, classes, smoothing, alpha, beta, A, weighted, ignored, zero_weight = case
+    logits, target, weights = make_case(rows, classes, weighted, ignored, zero_weight=zero_weight)
     kw = dict(smoothing=smoothing, alpha=alpha, beta=beta, A=A)
     ref, ref_grad = run_loss(reference_loss, logits, target, weights, **kw)
     out, grad = run_loss(fn, logits.to(dtype), target, None if weights is None else weights.to(dtype), **kw, **extra)
     for name, a, b in [("loss", out.loss, ref.loss), ("per_sample", out.per_sample, ref.per_sample),
-                       ("ce", out.ce, ref.ce), ("grad", grad, ref_grad)]:
+                       ("ce", out.ce, ref.ce), ("true ce", out.ce, true_ce(logits, target)), ("grad", grad, ref_grad)]:
         torch.testing.assert_close(a.double(), b, atol=tol, rtol=tol, msg=lambda m: f"{name} {case}: {m}")
     assert not out.ce.requires_grad
-    assert torch.all(out.per_sample[ignored] == 0) and torch.all(grad[ignored] == 0)
+    silent = ignored + zero_weight  # rows that add nothing to the loss or the gradient
+    assert torch.all(out.per_sample[silent] == 0) and torch.all(grad[silent] == 0)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-C{c[1]}-e{c[2]}-b{c[4]}")

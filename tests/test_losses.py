@@ -74,3 +74,28 @@ def test_create_loss_from_config():
     p_y = logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
     torch.testing.assert_close(sce.per_sample, 0.5 * F.cross_entropy(logits, target, reduction="none")
                                + 2.0 * 4.0 * (1 - p_y))
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "fused_linear"])
+def test_ce_is_the_true_ce_whatever_the_weight(impl):
+    """O2U records `ce`: every configured loss gives the true CE on rows of weight 0 and fractional weight,
+    0 on ignored rows, while the loss and its gradient stay weight-scaled (float64 closed forms)."""
+    g = torch.Generator().manual_seed(1)
+    x, head = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(7, 5, generator=g, dtype=torch.float64)
+    target = torch.tensor([3, 0, -100, 6, -100, 2])
+    weights = torch.tensor([0.0, 0.25, 0.0, 1.5, 1.0, 0.0], dtype=torch.float64)
+    x.requires_grad_()
+    logits = x @ head.T
+    fn = create_loss(LossConfig(impl=impl))
+    out = fn(x, head, None, target, weights=weights) if impl == "fused_linear" else fn(logits, target, weights=weights)
+    out.loss.backward()
+
+    z = logits.detach()
+    valid = target != -100
+    y = target.clamp(min=0)
+    ce = torch.where(valid, torch.logsumexp(z, 1) - z[torch.arange(6), y], 0.0)
+    torch.testing.assert_close(out.ce, ce)
+    torch.testing.assert_close(out.per_sample, weights * ce)
+    torch.testing.assert_close(out.loss, (weights * ce).sum() / valid.sum())
+    dz = (z.softmax(-1) - F.one_hot(y, 7)) * torch.where(valid, weights, 0.0)[:, None] / valid.sum()
+    torch.testing.assert_close(x.grad, dz @ head)

@@ -50,7 +50,7 @@ class LinearLossFunction(torch.autograd.Function):
         sum_z = None
         if p.smoothing:
             sum_z = x.to(acc) @ w.sum(dim=0, dtype=acc) + (b.sum(dtype=acc) if b is not None else 0)
-        per_sample, ce = row_losses(lse, z_y, sum_z, wts, w.shape[0], p)
+        per_sample, ce = row_losses(lse, z_y, sum_z, wts, target, w.shape[0], p)
         ctx.save_for_backward(x, w, b, y, wts, lse, ce, inv_n)
         ctx.params, ctx.backend = p, backend
         ctx.mark_non_differentiable(ce)

@@ -30,7 +30,7 @@ def row_loss_torch(logits: torch.Tensor, target: torch.Tensor, weights: torch.Te
         lse = torch.logsumexp(z, dim=1)
         z_y = z.gather(1, y[rows, None]).squeeze(1)
         sum_z = z.sum(dim=1) if p.smoothing else None
-        per_sample[rows], ce[rows] = row_losses(lse, z_y, sum_z, w[rows], n_classes, p)
+        per_sample[rows], ce[rows] = row_losses(lse, z_y, sum_z, w[rows], target[rows], n_classes, p)
         if grad_out is not None:
             coefs = grad_coefficients(ce[rows], w[rows], inv_n, n_classes, p)
             g = grad_from_logits_(z, lse, y[rows], coefs)
