@@ -46,19 +46,22 @@ def _random_weights(cfg: ModelConfig, num_classes: int, seed: int) -> dict:
     return model.state_dict()
 
 
-@pytest.fixture(scope="module")
-def run_dir(manifest_dir, tmp_path_factory) -> Path:
+def make_run_dir(run: Path, manifest: Path) -> Path:
     """A run directory in the trainer's layout with random-init weights: final/model.pt and 2 snapshots."""
-    run = tmp_path_factory.mktemp("score-run")
-    cfg = load_config(None, [f"data.manifest={manifest_dir}", "data.image_size=32", "model.name=resnet10t",
+    cfg = load_config(None, [f"data.manifest={manifest}", "data.image_size=32", "model.name=resnet10t",
                              f"run.dir={run}"])
     save_config(cfg, run / "resolved.yaml")
-    n = Manifest.load(manifest_dir).num_classes
+    n = Manifest.load(manifest).num_classes
     for i, path in enumerate([run / "snapshots" / "cycle-0.pt", run / "snapshots" / "cycle-1.pt",
                               run / "final" / "model.pt"]):
         path.parent.mkdir(exist_ok=True)
         torch.save(_random_weights(cfg.model, n, i), path)
     return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(manifest_dir, tmp_path_factory) -> Path:
+    return make_run_dir(tmp_path_factory.mktemp("score-run"), manifest_dir)
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +233,65 @@ def test_export_and_score_commands(run_dir, manifest_dir, tmp_path):
                  str(tmp_path / "pred"), "--workers", "0", "--topk", "3", "--no-progress", "--probs"]) == 0
     summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
     assert summary["images"] == len(Manifest.load(manifest_dir).split("val")) and summary["top1_error"] is not None
+
+
+def _one_error_line(capsys, command: str) -> str:
+    """The single `fastprod COMMAND: error: ...` line a refused command prints to stderr (no traceback)."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith(f"fastprod {command}: error: "), err
+    return err
+
+
+def test_export_with_a_missing_checkpoint_leaves_out_alone(run_dir, tmp_path, capsys):
+    from fastprod.cli import main
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    missing = run_dir / "final" / "missing.pt"
+    assert main(["export", "--checkpoint", str(missing), "--out", str(victim)]) == 2
+    assert str(missing) in _one_error_line(capsys, "export")
+    assert (victim / "keep.txt").read_text() == "precious"
+
+
+def test_export_refuses_an_out_that_is_not_an_engine(run_dir, tmp_path, capsys, monkeypatch):
+    from fastprod.cli import main
+
+    ckpt = str(run_dir / "final" / "model.pt")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    assert main(["export", "--checkpoint", ckpt, "--out", str(victim)]) == 2
+    assert str(victim) in _one_error_line(capsys, "export")
+    assert (victim / "keep.txt").read_text() == "precious"
+    for flags in ([], ["--overwrite"]):  # --out . is the working directory: never replaced
+        monkeypatch.chdir(victim)
+        assert main(["export", "--checkpoint", ckpt, "--out", ".", *flags]) == 2
+        assert "not a fastprod engine directory" in _one_error_line(capsys, "export")
+        assert (victim / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]  # no temporary sibling left
+
+
+def test_export_replaces_an_engine_only_with_overwrite(run_dir, tmp_path, capsys):
+    from fastprod.cli import main
+
+    ckpt, eng = str(run_dir / "final" / "model.pt"), tmp_path / "eng"
+    assert main(["export", "--checkpoint", ckpt, "--out", str(eng)]) == 0
+    first = (eng / "engine.json").read_text()
+    assert main(["export", "--checkpoint", ckpt, "--out", str(eng), "--flip", "both"]) == 2
+    assert "--overwrite" in _one_error_line(capsys, "export") and (eng / "engine.json").read_text() == first
+    assert main(["export", "--checkpoint", ckpt, "--out", str(eng), "--flip", "both", "--overwrite"]) == 0
+    assert json.loads((eng / "engine.json").read_text())["views"]["flips"] == [False, True]
+    assert sorted(p.name for p in eng.iterdir()) == ["engine.json", "member-0.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eng"]  # the temporary and the old engine are gone
+    replaced = (eng / "engine.json").read_text()
+    try:
+        import torch_tensorrt  # noqa: F401
+        if torch.cuda.is_available():
+            return  # the TensorRT export would succeed here: no failure to observe
+    except (ImportError, OSError):
+        pass
+    with pytest.raises(RuntimeError, match="tensorrt"):  # fails while the new engine is being built
+        export_engine([run_dir / "final" / "model.pt"], eng, backend="tensorrt", views=VIEWS, overwrite=True)
+    assert (eng / "engine.json").read_text() == replaced and sorted(p.name for p in tmp_path.iterdir()) == ["eng"]
+

@@ -1,6 +1,6 @@
 """Scoring engines: one or more trained models behind one uint8-in, probabilities-out module.
 
-    fastprod export --checkpoint CKPT [CKPT ...] | --snapshots RUN --out ENGINE_DIR
+    fastprod export --checkpoint CKPT [CKPT ...] | --snapshots RUN --out ENGINE_DIR [--overwrite]
                     [--backend eager|onnxruntime|inductor|tensorrt] [--precision fp32|bf16|fp16|int8]
                     [--scales 1.0 1.14 1.33] [--crops center tl tr bl br] [--flip none|both|only]
                     [--calibration DATASET_OR_IMAGES ...]   (int8: onnxruntime, see quantize.py)
@@ -18,12 +18,22 @@ checkpoints; with the backend's artifact next to it, scoring needs nothing else:
                  int8 after static quantisation calibrated on real views (fastprod/score/quantize.py)
     inductor     model.pt2, an AOTInductor package compiled ahead of time (loads without compiling)
     tensorrt     model.ep, a torch_tensorrt-compiled ExportedProgram (needs TensorRT and a GPU)
+
+Nothing at ENGINE_DIR changes until the new engine is complete: the weights files and the run's
+config are checked first, the engine is built in a temporary sibling (.NAME.tmp-PID) and renamed
+into place. An existing ENGINE_DIR must be an engine directory (engine.json; an empty directory is
+also taken) and is replaced only with --overwrite; anything else, `.` included, is refused. A refused
+or impossible request prints one line, `fastprod export: error: ...`, and exits 2 (`cli_errors`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
+import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,6 +64,29 @@ class ScoringModule(torch.nn.Module):
         x = ((x.float() - self.mean) * self.inv_std).to(self.dtype)
         probs = [m(x).float().softmax(-1) for m in self.members]
         return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+
+
+def cli_errors(command: str) -> Callable:
+    """Decorate a sub-command's `func`: a refused or impossible request (a missing file, a mismatch, an
+    unsafe --out: OSError or ValueError) prints one line `fastprod COMMAND: error: MESSAGE` to stderr and
+    returns exit status 2, as argparse does for bad arguments, instead of a traceback."""
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def run(args) -> int:
+            try:
+                return func(args)
+            except (OSError, ValueError) as err:
+                print(f"fastprod {command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+                return 2
+        return run
+    return decorate
+
+
+def check_checkpoints(checkpoints: list[Path]) -> None:
+    """Every weights file exists (checked before anything is written)."""
+    for path in checkpoints:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--checkpoint {path}: no such file")
 
 
 def find_run_config(checkpoint: Path) -> Path:
@@ -103,25 +136,57 @@ def _check_precision(backend: str, precision: str, device: str) -> None:
         raise ValueError("--precision int8 is implemented for --backend onnxruntime only")
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an existing `out` that is not an engine directory (an empty directory is taken), and an
+    engine directory unless `overwrite`."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not (out / ENGINE_JSON).is_file():
+        raise FileExistsError(f"--out {out} exists and is not a fastprod engine directory (no {ENGINE_JSON}); "
+                              f"choose another --out")
+    if not overwrite:
+        raise FileExistsError(f"--out {out} already holds an engine; pass --overwrite to replace it")
+
+
+def _move_into_place(new: Path, out: Path) -> None:
+    """Rename the finished engine `new` to `out`; an engine already there is renamed aside first (and put
+    back if the rename fails), then removed."""
+    if not (out / ENGINE_JSON).is_file():
+        os.replace(new, out)  # `out` is absent or an empty directory
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.rename(out, old)
+    try:
+        os.rename(new, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old)
+
+
 def export_engine(checkpoints: list[Path], out: Path, *, backend: str = "eager", precision: str = "fp32",
                   views: Views | None = None, max_batch: int = 256, device: str = "cpu",
-                  calibration: torch.Tensor | None = None) -> Path:
+                  calibration: torch.Tensor | None = None, overwrite: bool = False) -> Path:
     """Write ENGINE_DIR for `checkpoints` (all of one run's architecture and classes); int8 needs
-    `calibration`, uint8 views of real images (`quantize.calibration_views`)."""
+    `calibration`, uint8 views of real images (`quantize.calibration_views`).
+
+    The guarantee of the module docstring: every input is checked and the members are loaded before
+    anything is written; the engine is built in a temporary sibling of `out` and renamed into place only
+    when complete (the temporary is removed if the build fails); an existing `out` must be an engine
+    directory and is replaced only with `overwrite`."""
     if backend not in BACKENDS:
         raise ValueError(f"--backend: {backend!r} is not one of {BACKENDS}")
     _check_precision(backend, precision, device)
     if precision == "int8" and calibration is None:
         raise ValueError("--precision int8 needs calibration images (--calibration DATASET_OR_IMAGES)")
     checkpoints = [Path(p) for p in checkpoints]
+    check_checkpoints(checkpoints)
     run_config = find_run_config(checkpoints[0])
     cfg = load_config(run_config)
     class_ids = _class_ids(cfg.data.manifest, run_config)
     views = views or Views(cfg.data.image_size, (cfg.data.eval_resize,))
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    target = Path(os.path.abspath(out))  # `.` and `..` get a name: the temporary sibling needs one
+    _check_out(target, overwrite)
     meta = {
         "backend": backend, "precision": precision, "model": asdict(cfg.model), "num_classes": len(class_ids),
         "class_ids": class_ids, "views": views.to_json(), "checkpoints": [str(p.resolve()) for p in checkpoints],
@@ -129,25 +194,34 @@ def export_engine(checkpoints: list[Path], out: Path, *, backend: str = "eager",
         "output": "float32 [N, C] probabilities (mean over members)",
     }
     module = build_module(cfg.model, len(class_ids), checkpoints, DTYPES.get(precision, torch.float32))
-    if backend == "eager":
-        for i, p in enumerate(checkpoints):
-            shutil.copyfile(p, out / f"member-{i}.pt")
-        meta["artifact"] = [f"member-{i}.pt" for i in range(len(checkpoints))]
-    elif backend == "onnxruntime" and precision == "int8":
-        from fastprod.score.quantize import quantize_onnx
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        if backend == "eager":
+            for i, p in enumerate(checkpoints):
+                shutil.copyfile(p, tmp / f"member-{i}.pt")
+            meta["artifact"] = [f"member-{i}.pt" for i in range(len(checkpoints))]
+        elif backend == "onnxruntime" and precision == "int8":
+            from fastprod.score.quantize import quantize_onnx
 
-        fp32 = out / _export_onnx(module, views, out / "model-fp32.onnx", max_batch)
-        quantize_onnx(fp32, out / "model.onnx", calibration)
-        fp32.unlink()
-        meta["artifact"], meta["calibration_views"] = "model.onnx", len(calibration)
-    elif backend == "onnxruntime":
-        meta["artifact"] = _export_onnx(module, views, out / "model.onnx", max_batch)
-    elif backend == "inductor":
-        meta["artifact"] = _export_inductor(module, views, out / "model.pt2", max_batch, device)
-    else:
-        meta["artifact"] = _export_tensorrt(module, views, out / "model.ep", max_batch, precision)
-    (out / ENGINE_JSON).write_text(json.dumps(meta, indent=1) + "\n")
-    return out
+            fp32 = tmp / _export_onnx(module, views, tmp / "model-fp32.onnx", max_batch)
+            quantize_onnx(fp32, tmp / "model.onnx", calibration)
+            fp32.unlink()
+            meta["artifact"], meta["calibration_views"] = "model.onnx", len(calibration)
+        elif backend == "onnxruntime":
+            meta["artifact"] = _export_onnx(module, views, tmp / "model.onnx", max_batch)
+        elif backend == "inductor":
+            meta["artifact"] = _export_inductor(module, views, tmp / "model.pt2", max_batch, device)
+        else:
+            meta["artifact"] = _export_tensorrt(module, views, tmp / "model.ep", max_batch, precision)
+        (tmp / ENGINE_JSON).write_text(json.dumps(meta, indent=1) + "\n")
+        _move_into_place(tmp, target)
+    finally:
+        if tmp.exists():  # the build failed: its remains go
+            shutil.rmtree(tmp)
+    return Path(out)
 
 
 def _batch_dim(max_batch: int):
@@ -252,6 +326,7 @@ class Engine:
         return torch.cat(outs)
 
 
+@cli_errors("export")
 def run(args) -> int:
     from fastprod.score.tta import parse_views
 
@@ -259,20 +334,21 @@ def run(args) -> int:
     if args.snapshots:
         checkpoints += snapshot_checkpoints(Path(args.snapshots))
     if not checkpoints:
-        raise SystemExit("fastprod export: give --checkpoint CKPT [CKPT ...] or --snapshots RUN")
+        raise ValueError("give --checkpoint CKPT [CKPT ...] or --snapshots RUN")
+    check_checkpoints(checkpoints)
     cfg = load_config(find_run_config(Path(checkpoints[0])))
     views = parse_views(args.image_size or cfg.data.image_size, args.scales or [cfg.data.eval_resize], args.crops,
                         args.flip)
     calibration = None
     if args.calibration and args.precision != "int8":
-        raise SystemExit("fastprod export: --calibration is for --precision int8")
+        raise ValueError("--calibration is for --precision int8")
     if args.calibration:
         from fastprod.score.quantize import calibration_views
 
         calibration = calibration_views(args.calibration, args.calibration_split, args.calibration_images, views)
     out = export_engine(checkpoints, Path(args.out), backend=args.backend, precision=args.precision, views=views,
                         max_batch=args.max_batch, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                        calibration=calibration)
+                        calibration=calibration, overwrite=args.overwrite)
     print(f"engine: {out} ({args.backend}, {args.precision}, {len(checkpoints)} member(s), {len(views)} views)")
     return 0
 
@@ -283,7 +359,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export trained weights as a TTA scoring engine")
     p.add_argument("--checkpoint", nargs="+", type=Path, help="weights files (final/model.pt, snapshots/cycle-K.pt)")
     p.add_argument("--snapshots", type=Path, help="a run directory: every SGDR snapshot becomes an ensemble member")
-    p.add_argument("--out", required=True, type=Path, help="ENGINE_DIR to write")
+    p.add_argument("--out", required=True, type=Path, help="ENGINE_DIR to write (a new or empty directory)")
+    p.add_argument("--overwrite", action="store_true", help="replace the engine already at --out")
     p.add_argument("--backend", choices=BACKENDS, default="eager")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="int8: onnxruntime, with --calibration")
     p.add_argument("--calibration", nargs="+", help="int8: a prepared dataset, or image files/folders, to calibrate on")
