@@ -295,3 +295,43 @@ def test_export_replaces_an_engine_only_with_overwrite(run_dir, tmp_path, capsys
         export_engine([run_dir / "final" / "model.pt"], eng, backend="tensorrt", views=VIEWS, overwrite=True)
     assert (eng / "engine.json").read_text() == replaced and sorted(p.name for p in tmp_path.iterdir()) == ["eng"]
 
+
+@pytest.fixture(scope="module")
+def three_class_run(tmp_path_factory) -> Path:
+    """A run trained on another dataset: synthetic classes 00000-00002, where manifest_dir has 00000-00005."""
+    from fastprod.data.prepare import prepare
+    from fastprod.data.synth import synthesize
+
+    base = tmp_path_factory.mktemp("three")
+    synthesize(base / "raw", classes=3, train_images=30, val_per_class=2, noise=0.0, seed=4, size=(40, 40),
+               corrupt=0, workers=1)
+    prepare(base / "raw", base / "prepared", workers=1)
+    (base / "run").mkdir()
+    return make_run_dir(base / "run", base / "prepared")
+
+
+def test_score_refuses_a_manifest_of_other_classes(three_class_run, manifest_dir, tmp_path, capsys):
+    from fastprod.cli import main
+
+    eng = tmp_path / "eng"
+    assert main(["export", "--checkpoint", str(three_class_run / "final" / "model.pt"), "--out", str(eng)]) == 0
+    args = ["score", "--engine", str(eng), "--manifest", str(manifest_dir), "--workers", "0", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "pred")]) == 2
+    err = _one_error_line(capsys, "score")
+    assert str(eng) in err and str(manifest_dir) in err and "--shared-classes" in err
+    assert not (tmp_path / "pred").exists()
+
+    assert main([*args, "--out", str(tmp_path / "shared"), "--shared-classes"]) == 0
+    manifest = Manifest.load(manifest_dir)
+    val = manifest.split("val")
+    engine_classes = json.loads((eng / "engine.json").read_text())["class_ids"]
+    kept = [(p, engine_classes.index(manifest.class_ids[y])) for p, y in zip(val.paths, val.labels)
+            if manifest.class_ids[y] in engine_classes]
+    assert 0 < len(kept) < len(val)
+    images = pq.read_table(tmp_path / "shared" / "images.parquet").to_pydict()
+    assert list(zip(images["path"], images["label"])) == kept  # labels in the engine's label space
+    assert f"{len(val) - len(kept)} of {len(val)}" in capsys.readouterr().out  # the images left out are reported
+    assert json.loads((tmp_path / "shared" / "summary.json").read_text())["labelled"] == len(kept)
+
+    assert main(["score", "--engine", str(eng), "--images", val.paths[0], "--out", str(tmp_path / "images"),
+                 "--workers", "0", "--no-progress"]) == 0  # no labels: no class check

@@ -1,10 +1,11 @@
 """Batch scoring with TTA: decode, build views, run an engine, average over views, write top-k.
 
-    fastprod score --engine ENGINE_DIR (--manifest M [--split val] | --images DIR_OR_FILE ...) --out PRED
-                   [--topk 5] [--probs] [--csv] [--batch 256] [--chunk 2048] [--workers 2]
+    fastprod score --engine ENGINE_DIR (--manifest M [--split val] [--shared-classes] | --images DIR_OR_FILE ...)
+                   --out PRED [--topk 5] [--probs] [--csv] [--batch 256] [--chunk 2048] [--workers 2]
 
 PRED (a directory):
-    images.parquet        image_id, path, label (-1 if unknown): the row order of everything below
+    images.parquet        image_id, path (absolute: the row's key), label in the engine's label space
+                          (-1 if unknown): the row order of everything below
     parts/part-NNNNN.parquet  per chunk of images: image_id, label, ok, error, pred, class_id,
                           topk_labels, topk_probs (written atomically, one per finished chunk)
     probs.npy             with --probs: float16 [N, C] probabilities (np.lib.format.open_memmap);
@@ -16,6 +17,13 @@ PRED (a directory):
 
 An image that cannot be decoded does not stop the run: its row has ok = false, the reason in
 `error`, label -1 predictions and NaN probabilities (scored as missing), and it is listed at the end.
+
+Labels are only compared with the outputs of an engine trained on the same classes: a --manifest
+whose class ids differ from the engine's (other classes, or the same in another order) is refused.
+With --shared-classes the images labelled with a class the engine lacks are left out (their number
+is printed) and the others' labels are mapped to the engine's label indices. --images and unlabelled
+splits have no labels and need no check. A refused or impossible request prints one line,
+`fastprod score: error: ...`, and exits 2.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from fastprod.data.images import ImageError, load_rgb
-from fastprod.score.engine import Engine
+from fastprod.score.engine import Engine, cli_errors
 from fastprod.score.tta import Views, average_views, blank_views, make_views
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -56,17 +64,49 @@ def items_from_manifest(directory: str | Path, split: str) -> Items:
     return Items(list(view.image_ids), list(view.paths), view.labels.astype(np.int64))
 
 
+def items_for_engine(engine: Engine, directory: str | Path, split: str, shared_classes: bool = False
+                     ) -> tuple[Items, int]:
+    """The split's images with labels in the engine's label space, and how many were left out.
+
+    A manifest whose class ids differ from the engine's is refused (its labels would name other classes
+    than the engine's outputs) unless `shared_classes`: then images labelled with a class the engine
+    lacks are left out and the others' labels are mapped to the engine's indices (unlabelled images stay).
+    A split without labels needs no check."""
+    from fastprod.data.manifest import Manifest
+
+    manifest = Manifest.load(directory)
+    view = manifest.split(split)
+    items = Items(list(view.image_ids), list(view.paths), view.labels.astype(np.int64))
+    if manifest.class_ids == engine.class_ids or not (items.labels >= 0).any():
+        return items, 0
+    index = {c: i for i, c in enumerate(engine.class_ids)}
+    if not shared_classes:
+        common = len(index.keys() & set(manifest.class_ids))
+        raise ValueError(f"engine {engine.dir} was trained on {engine.num_classes} classes and manifest {directory} "
+                         f"has {manifest.num_classes} ({common} in common, matched by class id): its labels do not "
+                         f"index the engine's outputs. --shared-classes scores only the images of the engine's classes")
+    left_out = -2  # the label of an image of a class the engine lacks
+    mapped = np.array([index.get(manifest.class_ids[y], left_out) if y >= 0 else -1 for y in items.labels])
+    keep = np.flatnonzero(mapped != left_out)
+    if len(keep) == 0:
+        raise ValueError(f"--shared-classes: no {split} image of manifest {directory} is of a class of engine {engine.dir}")
+    kept = Items([items.image_ids[j] for j in keep], [items.paths[j] for j in keep], mapped[keep])
+    return kept, len(items) - len(kept)
+
+
 def items_from_paths(paths: list[str | Path]) -> Items:
-    """Image files under each directory (recursively, sorted) or the files themselves; ids are relative paths."""
+    """Image files under each directory (recursively, sorted) or the files themselves; ids are relative paths,
+    paths absolute (their folders resolved, as `fastprod prepare` resolves a dataset root)."""
     ids, files = [], []
     for entry in map(Path, paths):
         if entry.is_dir():
-            found = sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            ids += [str(p.relative_to(entry)) for p in found]
+            folder = entry.resolve()
+            found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            ids += [str(p.relative_to(folder)) for p in found]
             files += [str(p) for p in found]
         elif entry.exists():
             ids.append(entry.name)
-            files.append(str(entry))
+            files.append(str(entry.parent.resolve() / entry.name))
         else:
             raise FileNotFoundError(f"--images: no such file or directory: {entry}")
     if not files:
@@ -223,13 +263,22 @@ def score(engine: Engine, items: Items, out: str | Path, *, topk: int = 5, save_
     return summary
 
 
+@cli_errors("score")
 def run(args) -> int:
+    if bool(args.manifest) == bool(args.images):
+        raise ValueError("give exactly one of --manifest or --images")
+    if args.shared_classes and not args.manifest:
+        raise ValueError("--shared-classes is for --manifest (--images has no labels)")
     engine = Engine(args.engine, args.device)
     if engine.device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
-    if bool(args.manifest) == bool(args.images):
-        raise SystemExit("fastprod score: give exactly one of --manifest or --images")
-    items = items_from_manifest(args.manifest, args.split) if args.manifest else items_from_paths(args.images)
+    if args.manifest:
+        items, left_out = items_for_engine(engine, args.manifest, args.split, args.shared_classes)
+        if left_out:
+            print(f"score: --shared-classes: {left_out} of {len(items) + left_out} {args.split} images left out "
+                  f"(labelled with classes engine {args.engine} was not trained on)")
+    else:
+        items = items_from_paths(args.images)
     summary = score(engine, items, args.out, topk=args.topk, save_probs=args.probs, csv=args.csv, batch=args.batch,
                     chunk=args.chunk, workers=args.workers, progress=not args.no_progress)
     print(json.dumps(summary))
@@ -241,6 +290,9 @@ def register(subparsers) -> None:
     p.add_argument("--engine", required=True, type=Path, help="ENGINE_DIR written by `fastprod export`")
     p.add_argument("--manifest", type=Path, help="a prepared dataset (fastprod prepare --out)")
     p.add_argument("--split", default="val", help="with --manifest: which split to score")
+    p.add_argument("--shared-classes", action="store_true",
+                   help="with --manifest of other classes than the engine's: score only the images of the engine's "
+                        "classes (labels mapped by class id)")
     p.add_argument("--images", nargs="+", help="image files or directories (searched recursively)")
     p.add_argument("--out", required=True, type=Path, help="output directory PRED (resumed if it exists)")
     p.add_argument("--topk", type=int, default=5)
