@@ -3,7 +3,7 @@
 `load_config(path, overrides)` reads a YAML file into `Config`, applies `key.path=value` overrides
 (values parsed as YAML scalars) and validates every field. Unknown keys and bad values raise
 `ConfigError` naming the dotted key, so a typo never silently falls back to a default; every float
-field must be finite (inf and nan are refused).
+field must be finite (inf and nan are refused), and an override value that is not YAML is an error too.
 """
 
 from __future__ import annotations
@@ -62,9 +62,14 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # a run stops when more images of one pass over a split fail to load than either limit allows
+    max_load_failures: int = 100
+    max_load_failure_fraction: float = 0.01
 
     def __post_init__(self) -> None:
         _check(bool(self.manifest), "manifest", "is required (the --out directory of `fastprod prepare`)")
+        _check(self.max_load_failures >= 0, "max_load_failures", "must be >= 0")
+        _check(0.0 <= self.max_load_failure_fraction <= 1.0, "max_load_failure_fraction", "must be in [0, 1]")
         _check(self.image_size >= 16, "image_size", "must be >= 16")
         _check(self.eval_resize >= 1.0, "eval_resize", "must be >= 1")
         _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch_size", "must be >= 1")
@@ -171,12 +176,14 @@ class RunConfig:
     keep_checkpoints: int = 2
     log_every_steps: int = 10
     progress: bool = True
+    max_skipped_in_a_row: int = 5  # consecutive non-finite steps after which the run stops with an error
 
     def __post_init__(self) -> None:
         _check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
         _check(self.ckpt_every_steps >= 1, "ckpt_every_steps", "must be >= 1")
         _check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         _check(self.log_every_steps >= 1, "log_every_steps", "must be >= 1")
+        _check(self.max_skipped_in_a_row >= 1, "max_skipped_in_a_row", "must be >= 1")
 
 
 @dataclass
@@ -275,11 +282,19 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse `a.b=value`; the value is read as a YAML scalar (so `0.1`, `true`, `[1, 2]` work)."""
+    """Parse `a.b=value`; the value is read as a YAML scalar (so `0.1`, `true`, `[1, 2]` work), and one
+    that is not YAML (`[1,`) is a ConfigError naming the key."""
     key, sep, raw = text.partition("=")
+    key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override '{text}' is not of the form key.path=value")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    if not raw.strip():
+        return key, ""
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{key}: cannot parse {raw!r} as a YAML value ({problem})") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -315,6 +330,8 @@ def to_dict(config: Config) -> dict:
 # Keys a resumed run may change: how it reports, saves and feeds data, not what it computes.
 RESUMABLE_CHANGES = frozenset({"run.progress", "run.ckpt_every_steps", "run.keep_checkpoints", "data.workers",
                                "data.eval_batch_size"})
+# Keys holding paths: compared as resolved absolute paths ('runs/base' from /x is '/x/runs/base').
+PATH_KEYS = frozenset({"run.dir", "data.manifest", "data.ffcv_dir", "model.init_from", "model.pretrained_file"})
 
 
 def config_changes(previous: dict, config: Config) -> list[str]:
@@ -326,9 +343,14 @@ def config_changes(previous: dict, config: Config) -> list[str]:
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
+    def same(key: str, a: Any, b: Any) -> bool:
+        if key in PATH_KEYS and isinstance(a, str) and isinstance(b, str) and a and b:
+            return Path(a).resolve() == Path(b).resolve()
+        return a == b
+
     old, new = flat(previous), flat(to_dict(config))
     return [f"{k}: {old[k]!r} -> {new.get(k)!r}" for k in old
-            if k not in RESUMABLE_CHANGES and k in new and old[k] != new[k]]
+            if k not in RESUMABLE_CHANGES and k in new and not same(k, old[k], new[k])]
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -86,3 +86,11 @@ def test_cli_refuses_infinite_lr_before_training(tmp_path, capsys):
     assert main(["train", "--config", str(config), "--set", "optim.lr=.inf"]) == 2
     assert capsys.readouterr().err == "config error: optim.lr: must be a finite number, got inf\n"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["optim.lr=[1,", "optim.lr={a: ", "data.manifest='m", "optim.lr=@x"])
+def test_unparsable_override_value_names_the_key(tmp_path, override):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "data: {manifest: m}\n"), [override])
+    key, raw = override.split("=", 1)
+    assert str(err.value).startswith(f"{key}: cannot parse {raw!r} as a YAML value") and "\n" not in str(err.value)
