@@ -16,17 +16,28 @@ from fastprod.score.ensemble import (Preds, apply, class_weights, fit, load_pred
                                      stratified_holdout, weighted_topk_torch)
 
 
-def write_preds(directory: Path, probs: np.ndarray, labels: np.ndarray | None = None) -> Path:
-    """A score directory as `fastprod score --probs` writes it (probs.npy + images.parquet)."""
+def write_preds(directory: Path, probs: np.ndarray, labels: np.ndarray | None = None, paths: list[str] | None = None,
+                class_ids: list[str] | None = None) -> Path:
+    """A score directory as `fastprod score --probs` writes it (probs.npy, images.parquet, meta.json's class ids)."""
     directory.mkdir(parents=True)
     mm = np.lib.format.open_memmap(directory / "probs.npy", mode="w+", dtype=np.float16, shape=probs.shape)
     mm[:] = probs
     mm.flush()
     n = len(probs)
     labels = np.full(n, -1) if labels is None else labels
-    pq.write_table(pa.table({"image_id": [f"im{i}" for i in range(n)], "path": [""] * n,
+    paths = [f"/images/im{i}.jpg" for i in range(n)] if paths is None else paths
+    pq.write_table(pa.table({"image_id": [Path(p).name for p in paths], "path": paths,
                              "label": pa.array(labels, pa.int32())}), directory / "images.parquet")
+    class_ids = [f"c{c}" for c in range(probs.shape[1])] if class_ids is None else class_ids
+    (directory / "meta.json").write_text(json.dumps({"class_ids": class_ids}))
     return directory
+
+
+def one_error_line(capsys, command: str) -> str:
+    """The single `fastprod COMMAND: error: ...` line a refused command prints to stderr (no traceback)."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith(f"fastprod {command}: error: "), err
+    return err
 
 
 def random_probs(rng, m: int, n: int, c: int) -> np.ndarray:
@@ -138,7 +149,7 @@ def test_fit_ignores_unlabelled_and_missing_rows(tmp_path):
     assert result["fit_rows"] == len(labels) - 9
 
 
-def test_ensemble_commands(tmp_path):
+def test_ensemble_commands(tmp_path, capsys):
     from fastprod.cli import main
 
     paths, labels = specialists(tmp_path, n_per_class=30)
@@ -154,8 +165,9 @@ def test_ensemble_commands(tmp_path):
     cw = json.loads((tmp_path / "cw" / "summary.json").read_text())
     avg = json.loads((tmp_path / "avg" / "summary.json").read_text())
     assert cw["images"] == avg["images"] == 300 and cw["top1_error"] < avg["top1_error"]  # (fitted on these rows)
-    with pytest.raises(ValueError, match="shape"):
-        main(["ensemble", "apply", "--weights", str(tmp_path / "w.npz"), *args[:-1], "--out", str(tmp_path / "x")])
+    capsys.readouterr()  # the progress bars so far
+    assert main(["ensemble", "apply", "--weights", str(tmp_path / "w.npz"), *args[:-1], "--out", str(tmp_path / "x")]) == 2
+    assert "shape" in one_error_line(capsys, "ensemble apply")
 
 
 def test_preds_reject_mismatched_inputs(tmp_path):
@@ -192,3 +204,95 @@ def test_the_gpu_path_computes_the_same_sum_on_any_device():
     ref = np.einsum("mnc,mc->nc", probs[:, 2:9].astype(np.float64), w.astype(np.float64))
     np.testing.assert_allclose(total.numpy(), ref, rtol=1e-6)
     np.testing.assert_array_equal(i.numpy(), np.argsort(-ref, axis=1, kind="stable")[:, :5])
+
+
+def test_outputs_never_overwrite_the_inputs(tmp_path, capsys):
+    from fastprod.cli import main
+
+    paths, _ = specialists(tmp_path / "preds", n_per_class=5)
+    before = [np.load(p / "probs.npy") for p in paths]
+    args = ["--preds", *map(str, paths)]
+    for out in (paths[0], paths[1] / "sub", tmp_path / "preds"):  # is, lies inside, contains an input
+        assert main(["ensemble", "apply", "--weights", "uniform", *args, "--out", str(out), "--probs"]) == 2
+        err = one_error_line(capsys, "ensemble apply")
+        assert f"--out {out}" in err and "input" in err
+    for out in (paths[2] / "probs.npy", paths[0] / "w.npz"):
+        assert main(["ensemble", "fit", *args, "--labels", str(paths[0]), "--out", str(out)]) == 2
+        assert f"--out {out}" in one_error_line(capsys, "ensemble fit")
+    for p, probs in zip(paths, before):
+        np.testing.assert_array_equal(np.load(p / "probs.npy"), probs)
+        assert sorted(f.name for f in p.iterdir()) == ["images.parquet", "meta.json", "probs.npy"]
+    assert main(["ensemble", "fit", *args, "--labels", str(paths[0]), "--out", str(tmp_path / "w.npz")]) == 0
+    assert main(["ensemble", "apply", "--weights", str(tmp_path / "w.npz"), *args, "--out", str(tmp_path / "out"),
+                 "--probs"]) == 0
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["predictions.parquet", "probs.npy", "summary.json"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out", "preds", "w.npz"]  # no temporary left behind
+
+
+def test_inputs_must_hold_the_same_rows_and_classes(tmp_path, capsys):
+    from fastprod.cli import main
+
+    rng = np.random.default_rng(2)
+    probs = random_probs(rng, 2, 12, 4)
+    rows = [f"/data/{c}/000.jpg" for c in "abcdefghijkl"]
+    a = write_preds(tmp_path / "a", probs[0], paths=rows)
+    cases = {  # each against a: a different order, other images, other classes (same count)
+        "reversed": write_preds(tmp_path / "reversed", probs[1][::-1], paths=rows[::-1]),
+        "others": write_preds(tmp_path / "others", probs[1], paths=[r.replace("000", "001") for r in rows]),
+        "classes": write_preds(tmp_path / "classes", probs[1], paths=rows, class_ids=["c1", "c0", "c2", "c3"]),
+    }
+    np.save(tmp_path / "bare.npy", probs[1][::-1])
+    np.save(tmp_path / "bare2.npy", probs[1])
+    cases["bare"] = tmp_path / "bare.npy"  # its rows cannot be checked
+    for name, other in cases.items():
+        with pytest.raises(ValueError) as err:
+            load_preds([a, other])
+        assert str(a) in str(err.value) and str(other) in str(err.value), name
+        assert main(["ensemble", "apply", "--weights", "uniform", "--preds", str(a), str(other),
+                     "--out", str(tmp_path / f"out-{name}")]) == 2
+        message = one_error_line(capsys, "ensemble apply")
+        assert str(a) in message and str(other) in message
+    assert load_preds([a, write_preds(tmp_path / "same", probs[1], paths=rows)])[1].shape == (12, 4)
+    assert len(load_preds([tmp_path / "bare.npy", tmp_path / "bare2.npy"])) == 2  # bare only: the caller's order
+
+
+def test_labels_from_a_manifest_are_matched_by_path(tmp_path, capsys):
+    """A folder dataset where every class has its own 000.jpg: image ids repeat, paths do not."""
+    from PIL import Image
+
+    from fastprod.cli import main
+    from fastprod.data.manifest import Manifest
+    from fastprod.data.prepare import prepare
+
+    for c, colour in enumerate(("red", "green", "blue")):
+        (tmp_path / "raw" / f"class{c}").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (24, 24), colour).save(tmp_path / "raw" / f"class{c}" / f"{i:03d}.jpg")
+    prepare(tmp_path / "raw", tmp_path / "prepared", workers=1)
+    manifest = Manifest.load(tmp_path / "prepared")
+    view = manifest.split("train")
+    order = np.random.default_rng(0).permutation(len(view))
+    rows = [view.paths[j] for j in order] + ["/elsewhere/class0/000.jpg"]  # the last is not in the manifest
+    truth = np.append(view.labels[order], -1)
+    probs = np.full((len(rows), 3), 0.1, dtype=np.float32)
+    probs[np.arange(len(rows)), np.maximum(truth, 0)] = 0.8  # every model right on every image
+    paths = [write_preds(tmp_path / f"m{m}", probs, paths=rows, class_ids=manifest.class_ids) for m in range(2)]
+    args = ["--preds", *map(str, paths), "--labels", str(tmp_path / "prepared"), "--split", "train"]
+    assert main(["ensemble", "fit", *args, "--out", str(tmp_path / "w.npz"), "--holdout", "0"]) == 0
+    with np.load(tmp_path / "w.npz") as f:
+        assert json.loads(str(f["info"]))["fit_rows"] == len(view) and (f["global_acc"] == 1.0).all()
+    assert main(["ensemble", "apply", "--weights", "uniform", *args, "--out", str(tmp_path / "avg")]) == 0
+    table = pq.read_table(tmp_path / "avg" / "predictions.parquet").to_pydict()
+    assert table["label"] == truth.tolist() and table["path"] == rows
+    assert json.loads((tmp_path / "avg" / "summary.json").read_text())["top1_error"] == 0.0
+
+    strangers = write_preds(tmp_path / "strangers", probs, paths=[f"/elsewhere/{j}.jpg" for j in range(len(rows))],
+                            class_ids=manifest.class_ids)
+    capsys.readouterr()  # the progress bars so far
+    assert main(["ensemble", "apply", "--weights", "uniform", "--preds", str(strangers), *args[3:],
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "none of" in one_error_line(capsys, "ensemble apply")
+    shuffled = write_preds(tmp_path / "shuffled", probs, paths=rows, class_ids=manifest.class_ids[::-1])
+    assert main(["ensemble", "apply", "--weights", "uniform", "--preds", str(shuffled), *args[3:],
+                 "--out", str(tmp_path / "y")]) == 2
+    assert str(shuffled) in one_error_line(capsys, "ensemble apply")

@@ -4,9 +4,20 @@
                             [--scaling power|softmax] [--holdout 0.3] [--min-count 5]
     fastprod ensemble apply --weights W.npz|uniform --preds P1 P2 ... --out DIR [--topk 5] [--probs]
 
-Each P is a `fastprod score --probs` directory (probs.npy float16 [N, C] + images.parquet) or a
-bare .npy; all must list the same images in the same order. VAL gives the labels: a prepared
-manifest (matched by image_id), a score directory (its label column) or a .npy of ints.
+Each P is a `fastprod score --probs` directory (probs.npy float16 [N, C], images.parquet, meta.json)
+or a bare .npy. Rows are keyed by image path (images.parquet `path`; image ids repeat across classes
+in a folder dataset): all score directories must list the same paths in the same order, and the
+same class ids where meta.json records them, or the pair is refused, naming both. A bare .npy has no row keys, so
+mixing it with score directories is refused; bare .npy files alone are taken as they are, and that
+their rows (and classes) line up is the caller's responsibility. VAL gives the labels, in the row
+order of the P's: a prepared manifest's split or a score directory's images.parquet, both matched by
+path (a row whose path is not there gets -1; no match at all is an error; their class ids must be the
+P's), or a .npy of ints (taken as is).
+
+Outputs never overwrite inputs: an --out that is, contains or lies inside any input (a P, VAL or
+W.npz; resolved paths) is refused, naming both. Every output file is written to a temporary name
+and renamed into place when complete. A refused or impossible request prints one line,
+`fastprod ensemble fit|apply: error: ...`, and exits 2.
 
 Fitting. Rows with a label and finite probabilities in every model are cut, stratified by class,
 into a fitting part A and a held-out part B (`holdout`). On A, per model m and class c,
@@ -32,7 +43,10 @@ float16 is 120 GB of files, read once).
 from __future__ import annotations
 
 import json
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +55,21 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from fastprod.score.engine import cli_errors
+
 POWERS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 TEMPERATURES = (1.0, 0.3, 0.1, 0.05, 0.03, 0.02, 0.01, 0.005)
 
 
+def _class_ids(directory: Path) -> list[str] | None:
+    """The class ids a score directory's meta.json records (None: not recorded)."""
+    meta = directory / "meta.json"
+    return json.loads(meta.read_text()).get("class_ids") if meta.is_file() else None
+
+
 class Preds:
-    """One model's probabilities: a read-only float16 memmap [N, C] and, for score dirs, image ids/labels."""
+    """One model's probabilities: a read-only float16 memmap [N, C]; for a score directory also its rows'
+    image ids, paths (the row keys) and labels (images.parquet) and its class ids (meta.json)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -56,10 +79,14 @@ class Preds:
         self.probs = np.load(npy, mmap_mode="r")
         if self.probs.ndim != 2:
             raise ValueError(f"{npy}: expected a [N, C] matrix, got shape {self.probs.shape}")
-        self.image_ids, self.labels = None, None
+        self.image_ids, self.paths, self.labels = None, None, None
+        self.class_ids = _class_ids(self.path) if self.path.is_dir() else None
         if self.path.is_dir() and (self.path / "images.parquet").is_file():
             table = pq.read_table(self.path / "images.parquet")
-            self.image_ids = table["image_id"].to_pylist()
+            if table.num_rows != self.shape[0]:
+                raise ValueError(f"{self.path}: images.parquet lists {table.num_rows} images, probs.npy has "
+                                 f"{self.shape[0]} rows")
+            self.image_ids, self.paths = table["image_id"].to_pylist(), table["path"].to_pylist()
             self.labels = table["label"].to_numpy().astype(np.int64)
 
     @property
@@ -68,35 +95,90 @@ class Preds:
 
 
 def load_preds(paths: list[str | Path]) -> list[Preds]:
+    """The P's, refused unless every pair has the same shape, the same class ids where both record them and
+    the same row keys (image paths, in order); bare .npy files only together with other bare .npy files."""
     preds = [Preds(p) for p in paths]
+    first = preds[0]
     for p in preds[1:]:
-        if p.shape != preds[0].shape:
-            raise ValueError(f"{p.path} has shape {p.shape}, {preds[0].path} {preds[0].shape}: not the same images/classes")
-        if p.image_ids is not None and preds[0].image_ids is not None and p.image_ids != preds[0].image_ids:
-            raise ValueError(f"{p.path} and {preds[0].path} list different images (or in another order)")
+        if p.shape != first.shape:
+            raise ValueError(f"{p.path} has shape {p.shape}, {first.path} {first.shape}: not the same images/classes")
+        if (p.paths is None) != (first.paths is None):
+            bare, scored = (p, first) if p.paths is None else (first, p)
+            raise ValueError(f"{bare.path} has no images.parquet, so its rows cannot be checked against the images of "
+                             f"{scored.path}: give score directories only (or bare .npy files only)")
+        if p.paths != first.paths:
+            how = "the same images in another order" if sorted(p.paths) == sorted(first.paths) else "different images"
+            raise ValueError(f"{p.path} and {first.path} list {how} (rows are matched by image path)")
+        if p.class_ids is not None and first.class_ids is not None and p.class_ids != first.class_ids:
+            raise ValueError(f"{p.path} and {first.path} score different classes (or in another order): their "
+                             f"meta.json class_ids differ")
     return preds
 
 
+def _labels_by_path(source: Path, paths: list[str], labels: np.ndarray, class_ids: list[str] | None,
+                    preds: Preds) -> np.ndarray:
+    """`labels` of `paths` in the row order of `preds`, matched by path (-1 where a row's path is not there)."""
+    if preds.paths is None:
+        raise ValueError(f"--labels {source}: the rows of {preds.path} (a bare .npy) have no image paths to match; "
+                         f"give score directories, or a .npy of labels")
+    if class_ids is not None and preds.class_ids is not None and class_ids != preds.class_ids:
+        raise ValueError(f"--labels {source} labels other classes (or in another order) than {preds.path} scores: "
+                         f"their class ids differ")
+    absent = -2  # a row whose path is not in `paths`
+    by_path = dict(zip(paths, labels.tolist()))
+    matched = np.array([by_path.get(p, absent) for p in preds.paths], dtype=np.int64)
+    if not (matched != absent).any():
+        raise ValueError(f"--labels {source}: none of the {len(matched)} images of {preds.path} is in it")
+    return np.where(matched == absent, -1, matched)
+
+
 def load_labels(source: str | Path, preds: list[Preds], split: str = "val") -> np.ndarray:
-    """Labels in the row order of `preds`: from a manifest (by image_id), a score dir or a .npy."""
+    """Labels in the row order of `preds`: a prepared manifest's `split` or a score directory, matched by image
+    path (rows not found get -1), or a .npy of labels taken as is."""
     source = Path(source)
     n = preds[0].shape[0]
     if source.suffix == ".npy":
         labels = np.load(source).astype(np.int64)
-    elif (source / "images.parquet").is_file():
-        labels = pq.read_table(source / "images.parquet")["label"].to_numpy().astype(np.int64)
-    else:
-        from fastprod.data.manifest import Manifest
+        if len(labels) != n:
+            raise ValueError(f"--labels {source}: {len(labels)} labels for {n} scored images")
+        return labels
+    if (source / "images.parquet").is_file():
+        table = pq.read_table(source / "images.parquet")
+        return _labels_by_path(source, table["path"].to_pylist(), table["label"].to_numpy().astype(np.int64),
+                               _class_ids(source), preds[0])
+    from fastprod.data.manifest import Manifest
 
-        view = Manifest.load(source).split(split)
-        ids = preds[0].image_ids
-        if ids is None:
-            raise ValueError("--labels from a manifest needs score directories (their image ids), not bare .npy")
-        by_id = dict(zip(view.image_ids, view.labels.tolist()))
-        labels = np.array([by_id.get(i, -1) for i in ids], dtype=np.int64)
-    if len(labels) != n:
-        raise ValueError(f"--labels {source}: {len(labels)} labels for {n} scored images")
-    return labels
+    manifest = Manifest.load(source)
+    view = manifest.split(split)
+    return _labels_by_path(source, view.paths, view.labels, manifest.class_ids, preds[0])
+
+
+def check_output(out: Path, inputs: list[str | Path]) -> None:
+    """Refuse an --out that is, contains or lies inside an input (resolved paths): writing it would replace
+    or truncate what is being read."""
+    target = Path(out).resolve()
+    for source in inputs:
+        resolved = Path(source).resolve()
+        if target == resolved:
+            relation = "is"
+        elif resolved in target.parents:
+            relation = "lies inside"
+        elif target in resolved.parents:
+            relation = "contains"
+        else:
+            continue
+        raise ValueError(f"--out {out} {relation} the input {source}: write the output apart from the inputs")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write; renamed onto `path` when the block completes, removed if it fails."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -214,9 +296,11 @@ def fit(preds: list[Preds], labels: np.ndarray, *, scaling: str = "power", grid:
 
 
 def save_weights(result: dict, path: str | Path) -> None:
+    """W.npz, written atomically to exactly `path`."""
     info = {k: v for k, v in result.items() if k not in ("weights", "acc", "counts", "global_acc")}
-    np.savez(path, weights=result["weights"], acc=result["acc"], counts=result["counts"],
-             global_acc=result["global_acc"], info=np.array(json.dumps(info)))
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, weights=result["weights"], acc=result["acc"], counts=result["counts"],
+                 global_acc=result["global_acc"], info=np.array(json.dumps(info)))
 
 
 def load_weights(path: str | Path, num_models: int, num_classes: int) -> np.ndarray:
@@ -246,33 +330,65 @@ def weighted_topk_torch(probs: list[np.ndarray], weights: torch.Tensor, lo: int,
 def apply(preds: list[Preds], weights: np.ndarray, out_dir: str | Path, *, topk: int = 5, save_probs: bool = False,
           chunk: int = 0, device: str = "cpu", labels: np.ndarray | None = None, threads: int = 0,
           progress: bool = True) -> dict:
-    """Write the ensemble's top-k (predictions.parquet) and optionally its float16 probabilities.
+    """Write the ensemble's top-k (predictions.parquet: image_id, path, label, ok, pred, topk_labels,
+    topk_probs), summary.json and optionally its float16 probabilities (probs.npy), each through a
+    temporary file renamed into place when complete (summary.json last).
 
     CPU: the fused numba kernel (`weighted_topk`) over `threads` threads (default: all), in tiles of
     `chunk` rows (default 4); GPU: torch over chunks of 1024 rows. A row with a non-finite probability
     in any model is reported missing (ok false, pred -1).
     """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n, C = preds[0].shape
+    w = np.ascontiguousarray(weights, dtype=np.float32)
+    if not np.isfinite(w).all():
+        raise ValueError("ensemble weights contain NaN or inf")
+    options = dict(k=min(topk, C), chunk=chunk, device=torch.device(device), threads=threads, progress=progress)
+    if save_probs:
+        with atomic_path(out_dir / "probs.npy") as tmp:
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, C))
+            top_p, top_i = weighted_sum_topk(preds, w, mm, **options)
+            mm.flush()
+            del mm
+    else:
+        top_p, top_i = weighted_sum_topk(preds, w, None, **options)
+    ok = np.isfinite(top_p).all(1)
+    top_i[~ok], top_p[~ok] = -1, np.nan
+    ids = preds[0].image_ids or [str(j) for j in range(n)]
+    lab = labels if labels is not None else (preds[0].labels if preds[0].labels is not None else np.full(n, -1))
+    table = pa.table({
+        "image_id": ids, "path": pa.array(preds[0].paths or [None] * n, pa.string()), "label": pa.array(lab, pa.int32()),
+        "ok": ok, "pred": pa.array(top_i[:, 0], pa.int32()), "topk_labels": pa.array(list(top_i), pa.list_(pa.int32())),
+        "topk_probs": pa.array(list(top_p), pa.list_(pa.float32())),
+    })
+    with atomic_path(out_dir / "predictions.parquet") as tmp:
+        pq.write_table(table, tmp)
+    known = ok & (lab >= 0)
+    summary = {"images": n, "models": len(preds), "missing": int((~ok).sum()),
+               "top1_error": float((top_i[known, 0] != lab[known]).mean()) if known.any() else None}
+    with atomic_path(out_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def weighted_sum_topk(preds: list[Preds], w: np.ndarray, mm: np.ndarray | None, *, k: int, chunk: int,
+                      device: torch.device, threads: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k values [N, k] float32 and classes [N, k] int32 of sum_m w[m, c] * P_m[n, c]; the float16 sums
+    go to `mm` when given."""
     import numba
 
     from fastprod.score.weighted_topk import storage_view, weighted_topk
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     n, C = preds[0].shape
-    k = min(topk, C)
-    dev = torch.device(device)
-    w = np.ascontiguousarray(weights, dtype=np.float32)
-    if not np.isfinite(w).all():
-        raise ValueError("ensemble weights contain NaN or inf")
-    mm = np.lib.format.open_memmap(out_dir / "probs.npy", mode="w+", dtype=np.float16, shape=(n, C)) if save_probs else None
     top_p = np.empty((n, k), dtype=np.float32)
     top_i = np.empty((n, k), dtype=np.int32)
     slab = 1 << 12  # rows per kernel call: the progress bar's step
     bar = tqdm(total=n, unit="img", desc="ensemble", disable=not progress, dynamic_ncols=True)
-    if dev.type == "cpu":
+    if device.type == "cpu":
         probs = tuple(storage_view(p.probs) for p in preds)
         if len({p.dtype for p in probs}) > 1:
-            raise TypeError(f"--preds mix float16 and float32 matrices: {[str(p.path) for p in preds]}")
+            raise ValueError(f"--preds mix float16 and float32 matrices: {[str(p.path) for p in preds]}")
         out = np.asarray(mm).view(np.uint16) if mm is not None else np.empty((0, C), np.uint16)
         saved = numba.get_num_threads()
         numba.set_num_threads(min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS))
@@ -285,7 +401,7 @@ def apply(preds: list[Preds], weights: np.ndarray, out_dir: str | Path, *, topk:
         finally:
             numba.set_num_threads(saved)
     else:
-        wt = torch.from_numpy(w).to(dev)
+        wt = torch.from_numpy(w).to(device)
         for lo in range(0, n, chunk or 1024):
             hi = min(n, lo + (chunk or 1024))
             v, i, total = weighted_topk_torch([p.probs for p in preds], wt, lo, hi, k)
@@ -294,25 +410,12 @@ def apply(preds: list[Preds], weights: np.ndarray, out_dir: str | Path, *, topk:
                 mm[lo:hi] = total.half().cpu().numpy()
             bar.update(hi - lo)
     bar.close()
-    ok = np.isfinite(top_p).all(1)
-    top_i[~ok], top_p[~ok] = -1, np.nan
-    if mm is not None:
-        mm.flush()
-    ids = preds[0].image_ids or [str(j) for j in range(n)]
-    lab = labels if labels is not None else (preds[0].labels if preds[0].labels is not None else np.full(n, -1))
-    pq.write_table(pa.table({
-        "image_id": ids, "label": pa.array(lab, pa.int32()), "ok": ok, "pred": pa.array(top_i[:, 0], pa.int32()),
-        "topk_labels": pa.array(list(top_i), pa.list_(pa.int32())),
-        "topk_probs": pa.array(list(top_p), pa.list_(pa.float32())),
-    }), out_dir / "predictions.parquet")
-    known = ok & (lab >= 0)
-    summary = {"images": n, "models": len(preds), "missing": int((~ok).sum()),
-               "top1_error": float((top_i[known, 0] != lab[known]).mean()) if known.any() else None}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    return summary
+    return top_p, top_i
 
 
+@cli_errors("ensemble fit")
 def _fit_cli(args) -> int:
+    check_output(args.out, [*args.preds, args.labels])
     preds = load_preds(args.preds)
     labels = load_labels(args.labels, preds, args.split)
     result = fit(preds, labels, scaling=args.scaling, holdout=args.holdout, min_count=args.min_count, seed=args.seed,
@@ -323,7 +426,10 @@ def _fit_cli(args) -> int:
     return 0
 
 
+@cli_errors("ensemble apply")
 def _apply_cli(args) -> int:
+    check_output(args.out, [*args.preds, *([args.labels] if args.labels else []),
+                            *([args.weights] if args.weights != "uniform" else [])])
     preds = load_preds(args.preds)
     weights = load_weights(args.weights, len(preds), preds[0].shape[1])
     labels = load_labels(args.labels, preds, args.split) if args.labels else None
@@ -341,7 +447,7 @@ def register(subparsers) -> None:
     f.add_argument("--preds", nargs="+", required=True, help="score directories (with probs.npy) or .npy files")
     f.add_argument("--labels", required=True, help="manifest dir, score dir or .npy of labels")
     f.add_argument("--split", default="val", help="with a manifest --labels: the split")
-    f.add_argument("--out", required=True, type=Path, help="weights file (.npz)")
+    f.add_argument("--out", required=True, type=Path, help="weights file (.npz), written to exactly this path")
     f.add_argument("--scaling", choices=("power", "softmax"), default="power")
     f.add_argument("--holdout", type=float, default=0.3, help="fraction held out to choose the scaling value")
     f.add_argument("--min-count", type=int, default=5, help="classes with fewer samples use global accuracies")
