@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fastprod.data import images
 from fastprod.data.images import ImageError, load_rgb, probe
 
 
@@ -158,3 +162,56 @@ def test_rgb_returned_unchanged(tmp_path):
     path = tmp_path / "x.png"
     Image.fromarray(array).save(path)
     assert (np.asarray(load_rgb(path)) == array).all()
+
+
+def _png_header(path: Path, width: int, height: int) -> None:
+    """A PNG that declares width x height RGB pixels but holds only a few bytes of pixel data: opening it
+    is cheap, decoding it would allocate the whole image and then fail as truncated."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+
+
+def test_extreme_aspect_ratio_refused_before_decoding(tmp_path):
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (1, 400_000), (200, 10, 10)).save(strip)
+    assert strip.stat().st_size < 4000  # a tiny file that would cost gigabytes once resized for the model
+    for fn in (probe, load_rgb):
+        with pytest.raises(ImageError) as err:
+            fn(strip)
+        assert str(err.value) == "extreme aspect ratio 1:400000 (max 20:1)"
+    wide = tmp_path / "wide.png"
+    _png_header(wide, 300_000, 2)  # decoding it would fail: the refusal comes from the header alone
+    with pytest.raises(ImageError, match=r"^extreme aspect ratio 300000:2 \(max 20:1\)$"):
+        load_rgb(wide)
+    with pytest.raises(ImageError, match="truncated"):
+        load_rgb(wide, max_aspect=200_000)
+    assert load_rgb(strip, max_aspect=400_000).size == (1, 400_000)
+
+
+@pytest.mark.parametrize("size, ok", [((2, 40), True), ((40, 2), True), ((2, 41), False), ((41, 2), False)])
+def test_aspect_ratio_limit_is_inclusive(tmp_path, size, ok):
+    path = tmp_path / "a.png"
+    Image.new("RGB", size).save(path)
+    if ok:
+        assert probe(path).width == size[0] and load_rgb(path).size == size
+    else:
+        with pytest.raises(ImageError, match=f"^extreme aspect ratio {size[0]}:{size[1]} \\(max 20:1\\)$"):
+            probe(path)
+
+
+def test_too_many_pixels_refused_before_decoding(tmp_path):
+    assert images.MAX_PIXELS < Image.MAX_IMAGE_PIXELS  # refused before PIL's own bomb warning
+    big = tmp_path / "big.png"
+    _png_header(big, 9000, 8000)  # 72 megapixels: under PIL's bomb limit, 216 MB once decoded
+    for fn in (probe, load_rgb):
+        with pytest.raises(ImageError) as err:
+            fn(big)
+        assert str(err.value) == "too many pixels: 9000x8000 = 72,000,000 (max 64,000,000)"
+    small = tmp_path / "small.png"
+    Image.fromarray(_noise(40, 40)).save(small)
+    with pytest.raises(ImageError, match=r"^too many pixels: 40x40 = 1,600 \(max 1,599\)$"):
+        load_rgb(small, max_pixels=1599)
+    assert probe(small, max_pixels=1600).width == 40 and load_rgb(small, max_pixels=1600).size == (40, 40)

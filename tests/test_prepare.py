@@ -228,3 +228,34 @@ def test_cli_synth_then_prepare(tmp_path, capsys):
     assert main(["prepare", str(data), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("fastprod prepare: error: ") and "train.json: entry 0" in err
+
+
+def test_extreme_aspect_and_pixel_count_quarantined(tmp_path, capsys):
+    """A 1.6 KB PNG of 1 x 400,000 pixels costs gigabytes once resized for the model: quarantined with its
+    reason; --max-aspect / --max-pixels change the limits, are recorded in summary.json, and a re-run with
+    other limits re-probes instead of reusing results cached under the old ones."""
+    from fastprod.cli import main
+
+    root, out = tmp_path / "tree", tmp_path / "m"
+    _image(root / "cat/a.jpg")  # 24 x 20 = 480 pixels
+    (root / "dog").mkdir()
+    Image.new("RGB", (4, 4)).save(root / "dog/c.png")
+    Image.new("RGB", (1, 400_000)).save(root / "dog/strip.png")
+    assert main(["prepare", str(root), "--out", str(out), "--workers", "1"]) == 0
+    assert {q["path"]: q["reason"] for q in read_quarantine(out)} == {
+        "dog/strip.png": "extreme aspect ratio 1:400000 (max 20:1)"}
+    summary = _summary(out)
+    assert summary["max_aspect"] == 20.0 and summary["max_pixels"] == 64_000_000
+
+    assert main(["prepare", str(root), "--out", str(out), "--workers", "1", "--max-aspect", "400000"]) == 0
+    assert read_quarantine(out) == [] and _summary(out)["probe"]["cached"] == 0
+    assert main(["prepare", str(root), "--out", str(out), "--workers", "1", "--max-pixels", "479"]) == 0
+    assert {q["path"]: q["reason"] for q in read_quarantine(out)} == {
+        "cat/a.jpg": "too many pixels: 24x20 = 480 (max 479)", "dog/strip.png": "too many pixels: 1x400000 = 400,000 (max 479)"}
+    summary = _summary(out)
+    assert summary["max_aspect"] == 20.0 and summary["max_pixels"] == 479 and summary["probe"]["cached"] == 0
+    assert Manifest.load(out).split("train").image_ids == ["c.png"]
+    capsys.readouterr()
+    for flag, value in [("--max-aspect", "0.5"), ("--max-pixels", "0")]:
+        assert main(["prepare", str(root), "--out", str(out), flag, value]) == 2
+        assert capsys.readouterr().err.startswith(f"fastprod prepare: error: {flag} must be")

@@ -4,6 +4,11 @@ AliProducts is nominally JPEG, but a crawled dataset holds palette PNGs with tra
 `.jpg` names, grayscale and CMYK JPEGs, truncated downloads and empty files. `prepare` probes every
 file once and quarantines the ones that fail; the training loader calls `load_rgb` per sample, which
 normalises every accepted mode to RGB (alpha composited over white, as a product cut-out is shown).
+
+Both refuse, from the header alone and before any pixel is decoded, images whose aspect ratio exceeds
+`MAX_ASPECT` (a 1.6 KB PNG of 1 x 400,000 pixels is 6 GB once evaluation resizes its short side to the
+model size) or whose pixel count exceeds `MAX_PIXELS` (below PIL's decompression-bomb limit); both
+limits are keyword arguments (`fastprod prepare --max-aspect/--max-pixels`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+MAX_ASPECT = 20.0  # longest side / shortest side
+MAX_PIXELS = 64_000_000  # width * height; PIL warns of a decompression bomb at 89.5 million
 
 
 class ImageError(Exception):
@@ -34,14 +41,24 @@ class ImageInfo:
     mode: str  # PIL mode as stored: "RGB", "L", "P", "CMYK", "RGBA", ...
 
 
+def _check_geometry(width: int, height: int, max_aspect: float, max_pixels: int) -> None:
+    """Raise `ImageError` for an image too elongated or too large to be resized and cropped safely."""
+    if width * height > max_pixels:
+        raise ImageError(f"too many pixels: {width}x{height} = {width * height:,} (max {max_pixels:,})")
+    if max(width, height) > max_aspect * min(width, height):
+        raise ImageError(f"extreme aspect ratio {width}:{height} (max {max_aspect:g}:1)")
+
+
 @contextmanager
-def _decoding(path: str | Path) -> Iterator[Image.Image]:
-    """Open `path`, yielding the PIL image; every way of failing becomes an `ImageError` with a reason."""
+def _decoding(path: str | Path, max_aspect: float, max_pixels: int) -> Iterator[Image.Image]:
+    """Open `path` and check its size from the header (`_check_geometry`), yielding the PIL image before
+    any pixel is decoded; every way of failing becomes an `ImageError` with a reason."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise ImageError("zero-byte file")
         with Image.open(path) as im:
+            _check_geometry(im.width, im.height, max_aspect, max_pixels)
             yield im
     except ImageError:
         raise
@@ -64,13 +81,14 @@ def _decoding(path: str | Path) -> Iterator[Image.Image]:
         raise ImageError(f"corrupt: {err}" if str(err) else "corrupt") from None
 
 
-def probe(path: str | Path) -> ImageInfo:
-    """Fully decode the image at `path` and return its stored size, format and mode.
+def probe(path: str | Path, *, max_aspect: float = MAX_ASPECT, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+    """Fully decode the image at `path` and return its stored size, format and mode (refusing, before
+    decoding, an image beyond `max_aspect` or `max_pixels`).
 
     JPEGs are decoded with libjpeg's 1/8 DCT scaling (`draft`), which still reads every byte of the
     entropy-coded data, so a truncated file still fails while the decode costs a fraction of a full one.
     """
-    with _decoding(path) as im:
+    with _decoding(path, max_aspect, max_pixels) as im:
         info = ImageInfo(im.width, im.height, im.format or "unknown", im.mode)
         if im.format == "JPEG":
             im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
@@ -94,14 +112,15 @@ def _scaled_to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode `path` to an RGB image (what the training loader feeds the augmentations).
+def load_rgb(path: str | Path, *, max_aspect: float = MAX_ASPECT, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `path` to an RGB image (what the training loader, scoring and the FFCV writer feed on).
 
     Palette images with a transparent index, LA/PA/RGBA and other images carrying a transparency key
     are composited over a white background; CMYK, YCbCr, 1-bit, L and high-bit-depth grayscale are
-    converted. Raises `ImageError` for files that cannot be decoded.
+    converted. Raises `ImageError` for files that cannot be decoded and, before decoding, for images
+    beyond `max_aspect` or `max_pixels`.
     """
-    with _decoding(path) as im:
+    with _decoding(path, max_aspect, max_pixels) as im:
         im.load()
         if im.mode == "RGB" and "transparency" not in im.info:
             return im.copy()

@@ -6,15 +6,21 @@ Indexes an AliProducts release (`train.json`, `val.json`, optional `test.json`, 
 truncated, empty and missing ones to `quarantine.csv`, fixes the class mapping (sorted class ids of
 train and val) and writes the manifest, a summary and a class-size plot (see `manifest`).
 
-Probe results are cached in `DIR/probe_cache.parquet` by absolute path, size and mtime, so
-re-running on an unchanged root only stats the files.
+Images beyond `--max-aspect` (default 20:1) or `--max-pixels` (default 64 megapixels) are quarantined
+too, from their header alone: evaluation resizes the short side to the model size, so a tiny 1 x 400,000
+PNG would cost gigabytes when scored. Both limits are recorded in summary.json.
+
+Probe results are cached in `DIR/probe_cache.parquet` by absolute path, size and mtime (and the limits
+they were checked against), so re-running on an unchanged root with the same limits only stats the files.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
+import math
 import os
 import sys
 import warnings
@@ -27,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from fastprod.data.images import ImageError, probe
+from fastprod.data.images import MAX_ASPECT, MAX_PIXELS, ImageError, probe
 from fastprod.data.manifest import CLASS_SIZES_PLOT, DatasetError, Manifest
 from fastprod.data.pool import worker_pool
 
@@ -122,9 +128,9 @@ def discover(root: Path) -> tuple[list[Entry], str, int]:
     return entries, "class-folders", ignored
 
 
-def _probe_one(path: str) -> ProbeResult:
+def _probe_one(path: str, max_aspect: float, max_pixels: int) -> ProbeResult:
     try:
-        info = probe(path)
+        info = probe(path, max_aspect=max_aspect, max_pixels=max_pixels)
     except ImageError as err:
         return 0, 0, "", "", str(err)
     except Exception as err:  # a decoder bug must quarantine one file, not stop a multi-million-file scan
@@ -132,21 +138,34 @@ def _probe_one(path: str) -> ProbeResult:
     return info.width, info.height, info.format, info.mode, ""
 
 
-def _load_cache(file: Path) -> dict[str, tuple[int, int, ProbeResult]]:
+def _cache_limits(max_aspect: float, max_pixels: int) -> dict[bytes, bytes]:
+    """The parquet metadata that ties cached probe results to the limits they were checked against."""
+    return {b"max_aspect": repr(float(max_aspect)).encode(), b"max_pixels": str(int(max_pixels)).encode()}
+
+
+def _load_cache(file: Path, limits: dict[bytes, bytes]) -> dict[str, tuple[int, int, ProbeResult]]:
+    """Cached results by absolute path; none when the cache was written under other limits."""
     if not file.is_file():
         return {}
     try:
-        rows = pq.read_table(file).cast(_CACHE_SCHEMA).to_pylist()
+        table = pq.read_table(file)
+        rows = table.cast(_CACHE_SCHEMA).to_pylist()
     except (pa.ArrowException, OSError, ValueError) as err:
         warnings.warn(f"ignoring unreadable probe cache {file}: {err}")
+        return {}
+    if {k: v for k, v in (table.schema.metadata or {}).items() if k in limits} != limits:
         return {}
     return {r["path"]: (r["size"], r["mtime_ns"], (r["width"], r["height"], r["format"], r["mode"], r["reason"])) for r in rows}
 
 
-def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int) -> tuple[list[ProbeResult], dict]:
-    """Probe every entry (in parallel, reusing cached results for unchanged files); returns the results in
-    entry order and counts {"probed", "cached", "missing"}. The cache is rewritten for the current files."""
-    cache = _load_cache(cache_file)
+def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int, max_aspect: float,
+              max_pixels: int) -> tuple[list[ProbeResult], dict]:
+    """Probe every entry (in parallel, reusing cached results for unchanged files probed under the same
+    limits); returns the results in entry order and counts {"probed", "cached", "missing"}. The cache is
+    rewritten for the current files."""
+    limits = _cache_limits(max_aspect, max_pixels)
+    cache = _load_cache(cache_file, limits)
+    probe_one = functools.partial(_probe_one, max_aspect=max_aspect, max_pixels=max_pixels)
     results: list[ProbeResult | None] = [None] * len(entries)
     stats: dict[int, tuple[str, int, int]] = {}
     for i, e in enumerate(entries):
@@ -167,19 +186,20 @@ def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int) 
     paths = [stats[i][0] for i in todo]
     with tqdm(total=len(paths), desc="probe", unit="img", disable=not paths) as bar:
         if workers <= 1 or len(paths) < 2:
-            probed = (_probe_one(p) for p in paths)
+            probed = (probe_one(p) for p in paths)
             for i, result in zip(todo, probed):
                 results[i] = result
                 bar.update()
         else:
             with worker_pool(workers) as pool:
                 chunk = max(1, min(256, len(paths) // (workers * 16)))
-                for i, result in zip(todo, pool.imap(_probe_one, paths, chunksize=chunk)):
+                for i, result in zip(todo, pool.imap(probe_one, paths, chunksize=chunk)):
                     results[i] = result
                     bar.update()
 
     rows = [(*stats[i], *results[i]) for i in sorted(stats)]
-    table = pa.table({f.name: [r[k] for r in rows] for k, f in enumerate(_CACHE_SCHEMA)}, schema=_CACHE_SCHEMA)
+    table = pa.table({f.name: [r[k] for r in rows] for k, f in enumerate(_CACHE_SCHEMA)},
+                     schema=_CACHE_SCHEMA.with_metadata(limits))
     tmp = cache_file.with_name(f".{cache_file.name}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, cache_file)
@@ -218,16 +238,22 @@ def plot_class_sizes(sizes: np.ndarray, file: Path, title: str) -> None:
     fig.savefig(file, dpi=100)
 
 
-def prepare(root: str | Path, out: str | Path, *, workers: int | None = None, val_fraction: float = 0.0, seed: int = 0) -> Manifest:
+def prepare(root: str | Path, out: str | Path, *, workers: int | None = None, val_fraction: float = 0.0, seed: int = 0,
+            max_aspect: float = MAX_ASPECT, max_pixels: int = MAX_PIXELS) -> Manifest:
     """Index, probe and quarantine the dataset at `root` and write the prepared dataset to `out`."""
     root, out = Path(root).resolve(), Path(out)
     if not 0.0 <= val_fraction < 1.0:
         raise DatasetError(f"--val-fraction must be in [0, 1) (got {val_fraction})")
+    if not 1.0 <= max_aspect < math.inf:
+        raise DatasetError(f"--max-aspect must be a finite number >= 1 (got {max_aspect})")
+    if max_pixels < 1:
+        raise DatasetError(f"--max-pixels must be >= 1 (got {max_pixels})")
     entries, layout, ignored = discover(root)
     if not entries:
         raise DatasetError(f"{root}: no images found (expected train.json, or <class>/<image> folders)")
     out.mkdir(parents=True, exist_ok=True)
-    results, counts = probe_all(root, entries, out / PROBE_CACHE, max(1, workers or os.cpu_count() or 1))
+    results, counts = probe_all(root, entries, out / PROBE_CACHE, max(1, workers or os.cpu_count() or 1),
+                                max_aspect, max_pixels)
 
     good = [(e, r) for e, r in zip(entries, results) if not r[4]]
     quarantine = [{"path": e.path, "split": e.split, "class_id": e.class_id, "reason": r[4]} for e, r in zip(entries, results) if r[4]]
@@ -257,6 +283,7 @@ def prepare(root: str | Path, out: str | Path, *, workers: int | None = None, va
         "quarantined": {"total": len(quarantine), "by_reason": dict(collections.Counter(q["reason"] for q in quarantine).most_common())},
         "formats": dict(collections.Counter(f"{r[2]}/{r[3]}" for _, r in good).most_common()),
         "probe": counts, "ignored_files": ignored, "val_fraction": val_fraction, "seed": seed,
+        "max_aspect": float(max_aspect), "max_pixels": int(max_pixels),
     }
     manifest = Manifest.write(out, root=root, class_ids=class_ids, columns=columns, quarantine=quarantine, summary=summary)
     if sizes.size:
@@ -284,7 +311,8 @@ def describe(summary: dict) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        manifest = prepare(args.root, args.out, workers=args.workers, val_fraction=args.val_fraction, seed=args.seed)
+        manifest = prepare(args.root, args.out, workers=args.workers, val_fraction=args.val_fraction, seed=args.seed,
+                           max_aspect=args.max_aspect, max_pixels=args.max_pixels)
     except DatasetError as err:
         print(f"fastprod prepare: error: {err}", file=sys.stderr)
         return 2
@@ -301,4 +329,8 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None, help="probe processes (default: all cores)")
     p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this stratified fraction of train as val")
     p.add_argument("--seed", type=int, default=0, help="seed for --val-fraction")
+    p.add_argument("--max-aspect", type=float, default=MAX_ASPECT,
+                   help=f"quarantine images whose long side exceeds this many times the short side (default {MAX_ASPECT:g})")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"quarantine images with more pixels than this (default {MAX_PIXELS:,})")
     p.set_defaults(func=_run)
