@@ -166,7 +166,8 @@ def test_ensemble_commands(tmp_path, capsys):
     avg = json.loads((tmp_path / "avg" / "summary.json").read_text())
     assert cw["images"] == avg["images"] == 300 and cw["top1_error"] < avg["top1_error"]  # (fitted on these rows)
     capsys.readouterr()  # the progress bars so far
-    assert main(["ensemble", "apply", "--weights", str(tmp_path / "w.npz"), *args[:-1], "--out", str(tmp_path / "x")]) == 2
+    assert main(["ensemble", "apply", "--weights", str(tmp_path / "w.npz"), *args[:-1],
+                 "--out", str(tmp_path / "x")]) == 2
     assert "shape" in one_error_line(capsys, "ensemble apply")
 
 

@@ -358,8 +358,9 @@ def apply(preds: list[Preds], weights: np.ndarray, out_dir: str | Path, *, topk:
     ids = preds[0].image_ids or [str(j) for j in range(n)]
     lab = labels if labels is not None else (preds[0].labels if preds[0].labels is not None else np.full(n, -1))
     table = pa.table({
-        "image_id": ids, "path": pa.array(preds[0].paths or [None] * n, pa.string()), "label": pa.array(lab, pa.int32()),
-        "ok": ok, "pred": pa.array(top_i[:, 0], pa.int32()), "topk_labels": pa.array(list(top_i), pa.list_(pa.int32())),
+        "image_id": ids, "path": pa.array(preds[0].paths or [None] * n, pa.string()),
+        "label": pa.array(lab, pa.int32()), "ok": ok, "pred": pa.array(top_i[:, 0], pa.int32()),
+        "topk_labels": pa.array(list(top_i), pa.list_(pa.int32())),
         "topk_probs": pa.array(list(top_p), pa.list_(pa.float32())),
     })
     with atomic_path(out_dir / "predictions.parquet") as tmp:

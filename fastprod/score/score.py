@@ -89,7 +89,8 @@ def items_for_engine(engine: Engine, directory: str | Path, split: str, shared_c
     mapped = np.array([index.get(manifest.class_ids[y], left_out) if y >= 0 else -1 for y in items.labels])
     keep = np.flatnonzero(mapped != left_out)
     if len(keep) == 0:
-        raise ValueError(f"--shared-classes: no {split} image of manifest {directory} is of a class of engine {engine.dir}")
+        raise ValueError(f"--shared-classes: no {split} image of manifest {directory} is of a class of engine "
+                         f"{engine.dir}")
     kept = Items([items.image_ids[j] for j in keep], [items.paths[j] for j in keep], mapped[keep])
     return kept, len(items) - len(kept)
 
