@@ -259,3 +259,99 @@ def test_extreme_aspect_and_pixel_count_quarantined(tmp_path, capsys):
     for flag, value in [("--max-aspect", "0.5"), ("--max-pixels", "0")]:
         assert main(["prepare", str(root), "--out", str(out), flag, value]) == 2
         assert capsys.readouterr().err.startswith(f"fastprod prepare: error: {flag} must be")
+
+
+def _prepare_cli(root: Path, out: Path, *flags: str) -> tuple[int, str]:
+    """`fastprod prepare` through the real CLI; returns the exit code and stderr."""
+    import contextlib
+
+    from fastprod.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["prepare", str(root), "--out", str(out), "--workers", "1", *flags])
+    return code, err.getvalue()
+
+
+def test_symlink_loops_and_broken_symlinks_are_quarantined(tmp_path):
+    root, out = tmp_path / "tree", tmp_path / "m"
+    _image(root / "train/cat/a.jpg")
+    _image(root / "train/dog/b.jpg")
+    os.symlink("loop.jpg", root / "train/cat/loop.jpg")  # points at itself
+    os.symlink("loopdir", root / "train/loopdir")  # a class folder that points at itself
+    os.symlink("gone.jpg", root / "train/dog/broken.jpg")
+    os.symlink("../dog/b.jpg", root / "train/cat/alias.jpg")  # inside the root: accepted
+    code, err = _prepare_cli(root, out)
+    assert code == 0 and "Traceback" not in err
+    assert {q["path"]: q["reason"] for q in read_quarantine(out)} == {
+        "train/cat/loop.jpg": "symlink loop", "train/loopdir": "symlink loop", "train/dog/broken.jpg": "broken symlink"}
+    assert Manifest.load(out).split("train").image_ids == ["a.jpg", "alias.jpg", "b.jpg"]
+
+
+def test_symlinks_leaving_the_root_need_follow_symlinks(tmp_path):
+    root, out, outside = tmp_path / "tree", tmp_path / "m", tmp_path / "elsewhere"
+    _image(root / "train/cat/a.jpg")
+    _image(outside / "x.jpg")
+    _image(outside / "shelf/y.jpg")
+    os.symlink(outside / "x.jpg", root / "train/cat/x.jpg")
+    os.symlink(outside / "shelf", root / "train/shelf")  # a whole class folder elsewhere
+    code, _ = _prepare_cli(root, out)
+    reason = "symlink to a target outside the dataset root (--follow-symlinks accepts it)"
+    assert code == 0 and {q["path"]: q["reason"] for q in read_quarantine(out)} == {
+        "train/cat/x.jpg": reason, "train/shelf/y.jpg": reason}
+    assert _summary(out)["follow_symlinks"] is False
+
+    code, _ = _prepare_cli(root, out, "--follow-symlinks")
+    manifest = Manifest.load(out)
+    assert code == 0 and read_quarantine(out) == [] and _summary(out)["follow_symlinks"] is True
+    assert manifest.split("train").image_ids == ["a.jpg", "x.jpg", "y.jpg"]
+    assert all(load_rgb(p).size == (24, 20) for p in manifest.split("train").paths)
+
+    linked = tmp_path / "linked"  # every image elsewhere (a root whose train/ is on another disk): the error says why
+    linked.mkdir()
+    os.symlink(root / "train", linked / "train")
+    code, err = _prepare_cli(linked, tmp_path / "m2")
+    assert code == 2 and f"all 3 images are unreadable (most often: {reason};" in err
+
+
+def test_file_names_that_are_not_utf8_are_quarantined_escaped(tmp_path):
+    root, out = tmp_path / "tree", tmp_path / "m"
+    _image(root / "cat/a.jpg")
+    _image(root / "dog/b.jpg")
+    raw_root = os.fsencode(root)
+    jpeg = (root / "cat/a.jpg").read_bytes()
+    (Path(os.fsdecode(raw_root + b"/cat/caf\xe9.jpg"))).write_bytes(jpeg)
+    os.mkdir(raw_root + b"/\xff\\class")
+    Path(os.fsdecode(raw_root + b"/\xff\\class/c.jpg")).write_bytes(jpeg)
+    code, err = _prepare_cli(root, out)
+    assert code == 0 and "Traceback" not in err
+    reason = "name is not valid UTF-8 (path stored escaped)"
+    rows = read_quarantine(out)
+    assert {q["path"]: q["reason"] for q in rows} == {"cat/caf\\xe9.jpg": reason, "\\xff\\\\class/c.jpg": reason}
+    assert {q["class_id"] for q in rows} == {"cat", "\\xff\\\\class"}
+    manifest = Manifest.load(out)
+    assert manifest.class_ids == ["cat", "dog"] and manifest.split("train").image_ids == ["a.jpg", "b.jpg"]
+    code, _ = _prepare_cli(root, out)  # the probe cache was written: nothing is probed again
+    assert code == 0 and _summary(out)["probe"] == {"probed": 0, "cached": 2, "missing": 0}
+
+
+def test_image_ids_with_nul_or_lone_surrogates_are_quarantined(ali_root, tmp_path):
+    doc = json.loads((ali_root / "train.json").read_text())
+    doc["images"] += [{"image_id": "a\0.jpg", "class_id": "00000"}, {"image_id": "\ud800.jpg", "class_id": "00001"},
+                      {"image_id": "14.jpg", "class_id": "c\0"}]
+    (ali_root / "train.json").write_text(json.dumps(doc))  # json escapes them as \u0000 and \ud800
+    code, err = _prepare_cli(ali_root, tmp_path / "m")
+    assert code == 0 and "Traceback" not in err
+    reasons = {q["path"]: q["reason"] for q in read_quarantine(tmp_path / "m")}
+    assert reasons["train/00000/a\\x00.jpg"] == "name contains a NUL byte (path stored escaped)"
+    assert reasons["train/00001/\\ud800.jpg"] == "name is not valid Unicode: lone surrogate (path stored escaped)"
+    assert reasons["train/c\\x00/14.jpg"] == "name contains a NUL byte (path stored escaped)"
+    assert Manifest.load(tmp_path / "m").class_ids == ["00000", "00001", "00002"]
+
+
+def test_json_nested_too_deep_is_a_dataset_error(ali_root, tmp_path):
+    (ali_root / "train.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DatasetError, match=r"train\.json: not valid JSON \(nested too deeply\)"):
+        prepare(ali_root, tmp_path / "m", workers=1)
+    code, err = _prepare_cli(ali_root, tmp_path / "m")
+    assert code == 2 and err.startswith("fastprod prepare: error: ") and "train.json" in err and "Traceback" not in err

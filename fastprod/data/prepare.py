@@ -10,6 +10,13 @@ Images beyond `--max-aspect` (default 20:1) or `--max-pixels` (default 64 megapi
 too, from their header alone: evaluation resizes the short side to the model size, so a tiny 1 x 400,000
 PNG would cost gigabytes when scored. Both limits are recorded in summary.json.
 
+Nothing in the raw data stops the scan with a traceback: symlink loops, broken symlinks and symlinks
+whose target lies outside the root (unless `--follow-symlinks`) are quarantined with that reason, and
+so are names that cannot be stored as UTF-8 text (file names with bytes that are not UTF-8, ids with
+NUL or lone surrogates), with their path escaped losslessly (`escape_name`). A split JSON that cannot
+be read, parsed (however deeply nested) or understood is a `DatasetError` naming the file, which the
+command prints as `fastprod prepare: error: ...` (exit code 2).
+
 Probe results are cached in `DIR/probe_cache.parquet` by absolute path, size and mtime (and the limits
 they were checked against), so re-running on an unchanged root with the same limits only stats the files.
 """
@@ -18,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
 import functools
 import json
 import math
 import os
+import re
 import sys
 import warnings
 import zlib
@@ -58,6 +67,41 @@ class Entry:
 # (width, height, format, mode, reason); reason is "" for a readable image.
 ProbeResult = tuple[int, int, str, str, str]
 
+OUTSIDE_ROOT = "symlink to a target outside the dataset root (--follow-symlinks accepts it)"
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")  # NUL and lone surrogates: not storable as UTF-8 text
+_ESCAPED = re.compile(r"[\\\x00\ud800-\udfff]")  # what escape_name rewrites: those and the backslash
+
+
+def name_problem(name: str) -> str:
+    """Why `name` cannot be stored as text in quarantine.csv and the parquet files ("" when it can)."""
+    if "\x00" in name:
+        return "name contains a NUL byte (path stored escaped)"
+    if re.search(r"[\udc80-\udcff]", name):  # how Python decodes the bytes of a file name that are not UTF-8
+        return "name is not valid UTF-8 (path stored escaped)"
+    if _UNSTORABLE.search(name):
+        return "name is not valid Unicode: lone surrogate (path stored escaped)"
+    return ""
+
+
+def _escape_char(match: re.Match) -> str:
+    code = ord(match[0])
+    if match[0] == "\\":
+        return "\\\\"
+    if code == 0 or 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code & 0xFF:02x}"
+    return f"\\u{code:04x}"
+
+
+def escape_name(name: str) -> str:
+    r"""`name` unchanged when it is storable (no `name_problem`); otherwise escaped losslessly: a backslash
+    becomes \\, NUL \x00, a byte NN of a file name that is not UTF-8 (Python's surrogateescape U+DCNN)
+    \xNN, any other lone surrogate \uNNNN."""
+    return _ESCAPED.sub(_escape_char, name) if _UNSTORABLE.search(name) else name
+
+
+def _failed(reason: str) -> ProbeResult:
+    return 0, 0, "", "", reason
+
 
 def _read_split_json(file: Path, split: str, labelled: bool) -> list[Entry]:
     """The entries of an AliProducts `<split>.json`; any deviation from the format is a `DatasetError`."""
@@ -65,6 +109,8 @@ def _read_split_json(file: Path, split: str, labelled: bool) -> list[Entry]:
         doc = json.loads(file.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetError(f"{file}: not valid JSON ({err})") from None
+    except RecursionError:  # nested deeper than Python's parser allows (no real dataset nests so deep)
+        raise DatasetError(f"{file}: not valid JSON (nested too deeply)") from None
     except OSError as err:
         raise DatasetError(f"{file}: cannot be read ({err.strerror})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
@@ -92,15 +138,34 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _kind(entry: os.DirEntry) -> str:
+    """"dir", "file", "loop" (a symlink loop), "symlink" (to nothing, or to neither a file nor a folder) or "other"."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+    except OSError:  # ELOOP: too many levels of symbolic links
+        return "loop"
+    return "symlink" if entry.is_symlink() else "other"
+
+
 def _scan_class_folders(root: Path, prefix: str, split: str) -> tuple[list[Entry], int]:
-    """Entries of `root/prefix/<class>/<image>`, sorted; also the number of non-image files ignored."""
+    """Entries of `root/prefix/<class>/<image>`, sorted; also the number of non-image files ignored.
+    Class folders that are symlink loops and image-named symlinks that do not lead to a file are listed
+    too, so that `probe_all` quarantines them with their reason."""
     base = root / prefix if prefix else root
     entries, ignored = [], 0
-    for class_dir in sorted((d for d in os.scandir(base) if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name):
+    for class_dir in sorted((d for d in os.scandir(base) if not d.name.startswith(".")), key=lambda d: d.name):
+        kind = _kind(class_dir)
+        rel_dir = f"{prefix}/{class_dir.name}" if prefix else class_dir.name
+        if kind == "loop":
+            entries.append(Entry(rel_dir, "", class_dir.name, split))
+        if kind != "dir":
+            continue
         for f in sorted(os.scandir(class_dir.path), key=lambda f: f.name):
-            if f.is_file() and _is_image(f.name):
-                rel = f"{prefix}/{class_dir.name}/{f.name}" if prefix else f"{class_dir.name}/{f.name}"
-                entries.append(Entry(rel, f.name, class_dir.name, split))
+            if _is_image(f.name) and _kind(f) in ("file", "loop", "symlink"):
+                entries.append(Entry(f"{rel_dir}/{f.name}", f.name, class_dir.name, split))
             else:
                 ignored += 1
     return entries, ignored
@@ -132,9 +197,9 @@ def _probe_one(path: str, max_aspect: float, max_pixels: int) -> ProbeResult:
     try:
         info = probe(path, max_aspect=max_aspect, max_pixels=max_pixels)
     except ImageError as err:
-        return 0, 0, "", "", str(err)
+        return _failed(str(err))
     except Exception as err:  # a decoder bug must quarantine one file, not stop a multi-million-file scan
-        return 0, 0, "", "", f"unexpected error: {type(err).__name__}: {err}"
+        return _failed(f"unexpected error: {type(err).__name__}: {err}")
     return info.width, info.height, info.format, info.mode, ""
 
 
@@ -158,26 +223,53 @@ def _load_cache(file: Path, limits: dict[bytes, bytes]) -> dict[str, tuple[int, 
     return {r["path"]: (r["size"], r["mtime_ns"], (r["width"], r["height"], r["format"], r["mode"], r["reason"])) for r in rows}
 
 
+def _stat_entry(root: str, rel: str, real_dirs: dict[str, str], follow_symlinks: bool,
+                ) -> tuple[os.stat_result | None, str]:
+    """(stat, "") for the file `root/rel`, or (None, why it cannot be probed): a name that cannot be stored,
+    a missing file, a broken symlink, a symlink loop, or a path whose real location lies outside `root`
+    (a real, resolved path) unless `follow_symlinks`. Each folder is resolved once (`real_dirs`), so the
+    symlink check costs one lstat per file."""
+    problem = name_problem(rel)
+    if problem:
+        return None, problem
+    path = os.path.join(root, rel)
+    parent, name = os.path.split(path)
+    try:
+        if parent not in real_dirs:
+            real_dirs[parent] = os.path.realpath(parent, strict=True)
+        real = os.path.join(real_dirs[parent], name)
+        if os.path.islink(real):
+            real = os.path.realpath(real, strict=True)
+        st = os.stat(real)
+    except FileNotFoundError:
+        return None, "broken symlink" if os.path.islink(path) else "missing file"
+    except OSError as err:
+        return None, "symlink loop" if err.errno == errno.ELOOP else f"cannot stat: {err.strerror}"
+    if not follow_symlinks and os.path.commonpath([real, root]) != root:
+        return None, OUTSIDE_ROOT
+    return st, ""
+
+
 def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int, max_aspect: float,
-              max_pixels: int) -> tuple[list[ProbeResult], dict]:
+              max_pixels: int, follow_symlinks: bool) -> tuple[list[ProbeResult], dict]:
     """Probe every entry (in parallel, reusing cached results for unchanged files probed under the same
-    limits); returns the results in entry order and counts {"probed", "cached", "missing"}. The cache is
+    limits); returns the results in entry order and counts {"probed", "cached", "missing"} (missing: files
+    or symlink targets that do not exist). Entries `_stat_entry` refuses are not probed. The cache is
     rewritten for the current files."""
     limits = _cache_limits(max_aspect, max_pixels)
     cache = _load_cache(cache_file, limits)
     probe_one = functools.partial(_probe_one, max_aspect=max_aspect, max_pixels=max_pixels)
     results: list[ProbeResult | None] = [None] * len(entries)
     stats: dict[int, tuple[str, int, int]] = {}
+    real_dirs: dict[str, str] = {}
+    missing = 0
     for i, e in enumerate(entries):
+        st, reason = _stat_entry(str(root), e.path, real_dirs, follow_symlinks)
+        if st is None:
+            results[i] = _failed(reason)
+            missing += reason in ("missing file", "broken symlink")
+            continue
         path = os.path.join(root, e.path)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            results[i] = (0, 0, "", "", "missing file")
-            continue
-        except OSError as err:
-            results[i] = (0, 0, "", "", f"cannot stat: {err.strerror}")
-            continue
         stats[i] = (path, st.st_size, st.st_mtime_ns)
         hit = cache.get(path)
         if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
@@ -203,7 +295,7 @@ def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int, 
     tmp = cache_file.with_name(f".{cache_file.name}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, cache_file)
-    counts = {"probed": len(todo), "cached": len(stats) - len(todo), "missing": len(entries) - len(stats)}
+    counts = {"probed": len(todo), "cached": len(stats) - len(todo), "missing": missing}
     return results, counts  # type: ignore[return-value]
 
 
@@ -239,7 +331,7 @@ def plot_class_sizes(sizes: np.ndarray, file: Path, title: str) -> None:
 
 
 def prepare(root: str | Path, out: str | Path, *, workers: int | None = None, val_fraction: float = 0.0, seed: int = 0,
-            max_aspect: float = MAX_ASPECT, max_pixels: int = MAX_PIXELS) -> Manifest:
+            max_aspect: float = MAX_ASPECT, max_pixels: int = MAX_PIXELS, follow_symlinks: bool = False) -> Manifest:
     """Index, probe and quarantine the dataset at `root` and write the prepared dataset to `out`."""
     root, out = Path(root).resolve(), Path(out)
     if not 0.0 <= val_fraction < 1.0:
@@ -253,19 +345,23 @@ def prepare(root: str | Path, out: str | Path, *, workers: int | None = None, va
         raise DatasetError(f"{root}: no images found (expected train.json, or <class>/<image> folders)")
     out.mkdir(parents=True, exist_ok=True)
     results, counts = probe_all(root, entries, out / PROBE_CACHE, max(1, workers or os.cpu_count() or 1),
-                                max_aspect, max_pixels)
+                                max_aspect, max_pixels, follow_symlinks)
 
     good = [(e, r) for e, r in zip(entries, results) if not r[4]]
-    quarantine = [{"path": e.path, "split": e.split, "class_id": e.class_id, "reason": r[4]} for e, r in zip(entries, results) if r[4]]
+    quarantine = [{"path": escape_name(e.path), "split": e.split, "class_id": escape_name(e.class_id), "reason": r[4]}
+                  for e, r in zip(entries, results) if r[4]]
     if val_fraction > 0:
         if any(e.split == "val" for e in entries):
             raise DatasetError(f"{root} already has a val split; --val-fraction is for datasets without one")
         kept = hold_out([e for e, _ in good], val_fraction, seed)
         good = [(e, r) for e, (_, r) in zip(kept, good)]
     if not good:
-        raise DatasetError(f"{root}: all {len(entries)} images are unreadable (see {out / 'quarantine.csv'})")
+        common = collections.Counter(q["reason"] for q in quarantine).most_common(1)[0][0]
+        raise DatasetError(f"{root}: all {len(entries)} images are unreadable (most often: {common}; "
+                           f"see {out / 'quarantine.csv'})")
 
-    class_ids = sorted({e.class_id for e in entries if e.split in ("train", "val")})
+    # every class listed, even one whose images were all quarantined, except names that cannot be stored
+    class_ids = sorted({e.class_id for e in entries if e.split in ("train", "val") and not name_problem(e.class_id)})
     index = {c: i for i, c in enumerate(class_ids)}
     columns = {
         "path": [e.path for e, _ in good], "image_id": [e.image_id for e, _ in good],
@@ -283,7 +379,7 @@ def prepare(root: str | Path, out: str | Path, *, workers: int | None = None, va
         "quarantined": {"total": len(quarantine), "by_reason": dict(collections.Counter(q["reason"] for q in quarantine).most_common())},
         "formats": dict(collections.Counter(f"{r[2]}/{r[3]}" for _, r in good).most_common()),
         "probe": counts, "ignored_files": ignored, "val_fraction": val_fraction, "seed": seed,
-        "max_aspect": float(max_aspect), "max_pixels": int(max_pixels),
+        "max_aspect": float(max_aspect), "max_pixels": int(max_pixels), "follow_symlinks": follow_symlinks,
     }
     manifest = Manifest.write(out, root=root, class_ids=class_ids, columns=columns, quarantine=quarantine, summary=summary)
     if sizes.size:
@@ -312,7 +408,8 @@ def describe(summary: dict) -> str:
 def _run(args: argparse.Namespace) -> int:
     try:
         manifest = prepare(args.root, args.out, workers=args.workers, val_fraction=args.val_fraction, seed=args.seed,
-                           max_aspect=args.max_aspect, max_pixels=args.max_pixels)
+                           max_aspect=args.max_aspect, max_pixels=args.max_pixels,
+                           follow_symlinks=args.follow_symlinks)
     except DatasetError as err:
         print(f"fastprod prepare: error: {err}", file=sys.stderr)
         return 2
@@ -333,4 +430,6 @@ def register(subparsers) -> None:
                    help=f"quarantine images whose long side exceeds this many times the short side (default {MAX_ASPECT:g})")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"quarantine images with more pixels than this (default {MAX_PIXELS:,})")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="accept symlinks to files outside ROOT (by default they are quarantined)")
     p.set_defaults(func=_run)
