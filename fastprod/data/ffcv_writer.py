@@ -4,8 +4,9 @@ One file per split, `<out>/<split>.beton` (default out: MANIFEST/ffcv, where `da
 looks), rows in manifest order so that row i is sample index i of the split. Fields: `image`
 (RGBImageField: longest side capped at --max-resolution, stored as JPEG at --jpeg-quality, or raw
 with --write-mode raw), `label` (-1 when unlabelled), `index` (the sample index, checked by the
-loader) and `ok` (0 for a file that could not be decoded: stored as a placeholder, dropped and
-quarantined by the loader). Images are decoded with `images.load_rgb`, as the PIL backend does.
+loader) and `ok` (0 for a file that could not be decoded, or that `load_rgb` refuses before decoding
+for its aspect ratio or pixel count: stored as a placeholder, dropped and quarantined by the loader).
+Images are decoded with `images.load_rgb`, as the PIL backend does.
 A sidecar `<split>.beton.json` records the split's size and a hash of its paths; the loader refuses
 a .beton written for other rows. FFCV shows a progress bar per split.
 """
