@@ -328,10 +328,11 @@ def to_dict(config: Config) -> dict:
 
 
 # Keys a resumed run may change: how it reports, saves and feeds data, not what it computes.
-RESUMABLE_CHANGES = frozenset({"run.progress", "run.ckpt_every_steps", "run.keep_checkpoints", "data.workers",
-                               "data.eval_batch_size"})
+# run.dir is where the saved config was found: a run directory may be moved or copied and resumed there.
+RESUMABLE_CHANGES = frozenset({"run.dir", "run.progress", "run.ckpt_every_steps", "run.keep_checkpoints",
+                               "data.workers", "data.eval_batch_size"})
 # Keys holding paths: compared as resolved absolute paths ('runs/base' from /x is '/x/runs/base').
-PATH_KEYS = frozenset({"run.dir", "data.manifest", "data.ffcv_dir", "model.init_from", "model.pretrained_file"})
+PATH_KEYS = frozenset({"data.manifest", "data.ffcv_dir", "model.init_from", "model.pretrained_file"})
 
 
 def config_changes(previous: dict, config: Config) -> list[str]:

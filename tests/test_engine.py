@@ -47,4 +47,4 @@ def test_non_finite_loss_skips_the_step(trainer):
                        map_location="cpu", weights_only=False)["module"]
     assert all(torch.isfinite(v.float()).all() for v in saved.values())
     assert torch.load(trainer.checkpointer.dir / "step-000000002" / "trainer_rank0.pt",
-                      weights_only=False)["skipped_steps"] == 1
+                      weights_only=True)["skipped_steps"] == 1

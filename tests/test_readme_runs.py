@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from test_train import LAUNCHER_VARIABLES
+from training import LAUNCHER_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("What the demo does", "A worked example, end to end", "Scoring: TTA engines and ensembles")

@@ -5,7 +5,10 @@ mapping; training, evaluation and the noise-cleaning stages only ever see this d
 
     DIR/manifest.parquet  path (relative to root), image_id, label (int32, -1 when unlabelled),
                           class_id, split (train/val/test), width, height, format
-    DIR/classes.json      {"root": "<absolute root>", "class_ids": [...]}; label i <-> class_ids[i]
+    DIR/classes.json      {"root": "<absolute root>", "root_relative": "<root relative to DIR>",
+                          "class_ids": [...]}; label i <-> class_ids[i]. When the absolute root is gone,
+                          the relative one is used, so a dataset moved together with its prepared copy
+                          still loads; `check_images` refuses a root that is moved or not mounted.
     DIR/quarantine.csv    path, split, class_id, reason: files excluded from the manifest
     DIR/summary.json      counts per split, class sizes, quarantine reasons, formats
     DIR/class_sizes.png   the class-size distribution (written by prepare)
@@ -104,6 +107,19 @@ class Manifest:
             )
         return self._views[name]
 
+    def check_images(self, split: str, sample: int = 64) -> None:
+        """Refuse a split whose images are not where the manifest says: the root was moved or is not
+        mounted (an empty mount point included). Checks up to `sample` files spread over the split."""
+        if not self.root.is_dir():
+            raise DatasetError(f"the image root {self.root} of the prepared dataset {self.directory} does not exist "
+                               f"(moved, or not mounted?); mount it, or re-run `fastprod prepare` on its new location")
+        paths = self.split(split).paths
+        probe = paths[:: max(1, len(paths) // sample)][:sample]
+        if not any(os.path.isfile(p) for p in probe):
+            raise DatasetError(f"none of {len(probe)} sampled {split} images of {self.directory} exists under the image "
+                               f"root {self.root} (e.g. {probe[0]}): moved, or not mounted? re-run `fastprod prepare` "
+                               f"on the images' current location")
+
     @classmethod
     def load(cls, directory: str | Path) -> Manifest:
         """Read a directory written by `fastprod prepare`; a missing or damaged file is a `DatasetError`."""
@@ -114,6 +130,9 @@ class Manifest:
         try:
             classes = json.loads(classes_file.read_text())
             root, class_ids = Path(classes["root"]), list(classes["class_ids"])
+            if not root.is_dir() and isinstance(classes.get("root_relative"), str):
+                moved = (directory / classes["root_relative"]).resolve()
+                root = moved if moved.is_dir() else root
         except FileNotFoundError:
             raise DatasetError(f"{classes_file} is missing (run `fastprod prepare ROOT --out {directory}`)") from None
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
@@ -152,7 +171,9 @@ class Manifest:
         directory.mkdir(parents=True, exist_ok=True)
         table = pa.table({name: columns[name] for name in SCHEMA.names}, schema=SCHEMA)
         _atomic_write(directory / MANIFEST, lambda tmp: pq.write_table(table, tmp))
-        write_json(directory / CLASSES, {"root": str(Path(root).resolve()), "class_ids": list(class_ids)})
+        root = Path(root).resolve()
+        write_json(directory / CLASSES, {"root": str(root), "root_relative": os.path.relpath(root, directory.resolve()),
+                                         "class_ids": list(class_ids)})
 
         def write_quarantine(tmp: Path) -> None:
             with open(tmp, "w", newline="") as f:

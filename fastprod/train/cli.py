@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser, default_config: str | None = 
 
 def with_trainer_setup(args: argparse.Namespace, job: Callable[[Config, Dist], dict]) -> int:
     """Load the config, set up the process group and run `job`; config and dataset errors print one
-    line naming the key or file and exit 2. The main rank prints the job's result as JSON."""
+    line naming the key or file and exit 2, a run that had to stop (`RunError`) prints why and exits 1.
+    The main rank prints the job's result as JSON."""
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
@@ -37,6 +38,7 @@ def with_trainer_setup(args: argparse.Namespace, job: Callable[[Config, Dist], d
         return 2
     from fastprod.data.manifest import DatasetError  # heavy imports after the config is valid
     from fastprod.train.distributed import init_distributed
+    from fastprod.train.errors import RunError
 
     dist = init_distributed()
     try:
@@ -44,6 +46,9 @@ def with_trainer_setup(args: argparse.Namespace, job: Callable[[Config, Dist], d
     except (ConfigError, DatasetError) as err:
         print(f"{'config' if isinstance(err, ConfigError) else 'dataset'} error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:  # the run stopped on purpose and says why; nothing is reported as done
+        print(f"run error: {err}", file=sys.stderr)
+        return 1
     if dist.is_main:
         print(json.dumps(result, indent=2))
     return 0

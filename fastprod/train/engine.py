@@ -1,8 +1,11 @@
 """The training loop, in the order of the recipe (seed section 1): a timm backbone trained by SGD
 with SGDR warm restarts through a DeepSpeed engine, snapshots at cycle ends, validation each epoch.
 
-`Trainer.fit()` resumes from the latest checkpoint of the run directory if there is one, mid-epoch,
-and ends with `summary.json` holding the final validation top-1 error.
+`Trainer.fit()` resumes from the newest intact checkpoint of the run directory if there is one,
+mid-epoch, and ends with `summary.json` holding the final validation top-1 error. A run never reports
+success for work it did not do: it holds an exclusive lock on its directory, refuses a dataset whose
+images are not there, and stops with a `RunError` when more images fail to load than `data.max_load_failures`
+/ `data.max_load_failure_fraction` allow or when `run.max_skipped_in_a_row` steps in a row are not finite.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from tqdm import tqdm
 
 from fastprod.config import Config, ConfigError, config_changes, save_config
 from fastprod.data.loaders import Batch, Loader, create_loader
-from fastprod.data.manifest import Manifest
+from fastprod.data.manifest import Manifest, SplitView
 from fastprod.losses import LossOutput, create_loss
 from fastprod.models import create_model
 from fastprod.recipe.o2u import O2UWeights
@@ -30,6 +33,8 @@ from fastprod.optim import create_optimizer
 from fastprod.schedule import SGDR
 from fastprod.train.checkpoint import Checkpointer
 from fastprod.train.distributed import Dist, all_reduce
+from fastprod.train.errors import RunError
+from fastprod.train.lock import RunLock
 from fastprod.train.metrics import MetricsLogger
 
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -57,11 +62,11 @@ def _refuse_a_different_run(cfg: Config, run_dir: Path) -> None:
     """A run directory with a checkpoint resumes only under the settings it was trained with; otherwise
     the command would quietly continue (or report as complete) a run that is not the one asked for."""
     previous = run_dir / "resolved.yaml"
-    if previous.is_file() and (run_dir / "checkpoints" / "latest").is_file():
+    if previous.is_file() and any((run_dir / "checkpoints").glob("step-*")):
         changes = config_changes(yaml.safe_load(previous.read_text()) or {}, cfg)
         if changes:
             raise ConfigError(f"run.dir {run_dir} holds a run trained with other settings ({'; '.join(changes)}): "
-                              f"resume it with its own settings, or set another run.dir (or delete {run_dir})")
+                              f"resume it with its own settings, or set another run.dir")
 
 
 class Trainer:
@@ -71,12 +76,15 @@ class Trainer:
         self.cfg, self.dist = cfg, dist
         self.run_dir = Path(cfg.run.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.run_dir, dist)
         _refuse_a_different_run(cfg, self.run_dir)
         if dist.is_main:
             save_config(cfg, self.run_dir / "resolved.yaml")
         torch.manual_seed(cfg.run.seed)
 
         self.manifest = Manifest.load(cfg.data.manifest)
+        for split in (cfg.data.train_split, cfg.data.val_split):
+            self.manifest.check_images(split)
         model = create_model(cfg.model, self.manifest.num_classes).to(dist.device)
         optimizer = create_optimizer(model, cfg.optim)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -119,7 +127,7 @@ class Trainer:
 
         self.step = 0  # optimizer steps taken (skipped non-finite steps included)
         self.skipped_steps = 0
-        self.dropped_samples = 0
+        self.skipped_in_a_row = 0
         self.last_val: dict = {}
         self.stop_requested = False
         # BatchNorm statistics move during the forward pass; a skipped step must not keep them
@@ -129,14 +137,12 @@ class Trainer:
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "step": self.step, "skipped_steps": self.skipped_steps, "dropped_samples": self.dropped_samples,
-            "last_val": self.last_val, "loader": self.train_loader.state_dict(),
+            "step": self.step, "skipped_steps": self.skipped_steps, "last_val": self.last_val, "loader": self.train_loader.state_dict(),
             "o2u": self.o2u.state_dict() if self.o2u else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.step, self.skipped_steps = state["step"], state["skipped_steps"]
-        self.dropped_samples, self.last_val = state["dropped_samples"], state["last_val"]
+        self.step, self.skipped_steps, self.last_val = state["step"], state["skipped_steps"], state["last_val"]
         self.train_loader.load_state_dict(state["loader"])
         if self.o2u and state["o2u"]:
             self.o2u.load_state_dict(state["o2u"])
@@ -149,10 +155,11 @@ class Trainer:
         state = self.checkpointer.load()
         if state is not None:
             self.load_state_dict(state)
-            self._print(f"resumed from {self.checkpointer.latest_tag()} (step {self.step}/{self.total_steps})")
+            self._print(f"resumed from {self.checkpointer.resumed_from} (step {self.step}/{self.total_steps})")
         summary_path = self.run_dir / "summary.json"
         if self.step >= self.total_steps and summary_path.exists():
             self._print(f"run already complete: {summary_path}")
+            self.lock.release()
             return json.loads(summary_path.read_text())
 
         self.metrics = MetricsLogger(self.run_dir, self.dist.is_main, self.step)
@@ -173,6 +180,8 @@ class Trainer:
                 if self.step >= self.total_steps or self.stop_requested:
                     break
                 t_data = time.perf_counter()
+            failures = all_reduce([self.train_loader.failures], self.dist.device)[0]
+            self._check_load_failures(self.train_split, failures)
             if self.stop_requested:
                 bar.close()
                 self._print(f"stopped by signal at step {self.step}; checkpoint saved, re-run to resume")
@@ -190,8 +199,11 @@ class Trainer:
         self.checkpointer.save_weights(self.checkpointer.final_dir / "model.pt")
         summary = self._summary(elapsed, images_seen)
         if self.dist.is_main:
-            summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+            tmp = summary_path.with_name(f".{summary_path.name}.tmp")
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            tmp.replace(summary_path)
         self.metrics.close()
+        self.lock.release()
         return summary
 
     def train_step(self, batch: Batch, lr: float) -> float | None:
@@ -202,15 +214,22 @@ class Trainer:
             torch._foreach_copy_(self._buffer_backup, self._buffers)
         out = self._forward_loss(batch, self.o2u.weights_for(batch.indices) if self.o2u else None)
         loss = out.loss
-        bad, stop = all_reduce([float(not torch.isfinite(loss)), float(self.stop_requested)], self.dist.device,
-                               op=torch.distributed.ReduceOp.MAX)
+        bad, stop, failures = all_reduce([float(not torch.isfinite(loss)), float(self.stop_requested),
+                                          self.train_loader.failures], self.dist.device)  # sums over ranks
         self.stop_requested = bool(stop)
+        self._check_load_failures(self.train_split, failures)
         if bad:
             if self._buffers:
                 torch._foreach_copy_(self._buffers, self._buffer_backup)
             self.skipped_steps += 1
+            self.skipped_in_a_row += 1
             warnings.warn(f"step {self.step}: non-finite loss, step skipped ({self.skipped_steps} so far)")
+            if self.skipped_in_a_row >= self.cfg.run.max_skipped_in_a_row:
+                raise RunError(f"the loss was not finite in {self.skipped_in_a_row} steps in a row (up to step "
+                               f"{self.step + 1}, lr {lr:.3g}; run.max_skipped_in_a_row): those steps were skipped and "
+                               f"the weights left as they were; lower optim.lr or check the data")
             return None
+        self.skipped_in_a_row = 0
         with record_function("fastprod.backward"):
             self.engine.backward(loss)
         with record_function("fastprod.optimizer_step"):
@@ -240,7 +259,6 @@ class Trainer:
                     bar: tqdm) -> None:
         step = self.step
         self.step += 1
-        self.dropped_samples += batch.dropped
         img_s = len(batch.labels) * self.dist.world / max(step_time, 1e-9)
         self.metrics.log("train", self.step, epoch=epoch + 1, loss=float("nan") if loss is None else loss,
                          lr=self.sgdr.lr(step), img_per_s=img_s, data_wait_s=data_wait, skipped=loss is None)
@@ -275,16 +293,33 @@ class Trainer:
             correct += (logits.argmax(1) == batch.labels).sum().item()
             count += len(batch.labels)
         self.engine.train()
-        loss_sum, correct, count = all_reduce([loss_sum, correct, count], self.dist.device)
-        return {"top1_error": 1 - correct / max(count, 1), "loss": loss_sum / max(count, 1), "images": int(count)}
+        loss_sum, correct, count, failures = all_reduce([loss_sum, correct, count, loader.failures], self.dist.device)
+        if loader is self.val_loader:
+            self._check_load_failures(self.manifest.split(self.cfg.data.val_split), failures)
+        return {"top1_error": 1 - correct / max(count, 1), "loss": loss_sum / max(count, 1), "images": int(count),
+                "load_failures": int(failures)}
 
     # ---- helpers -----------------------------------------------------------------------------
+    def _failure_limit(self, split: SplitView) -> float:
+        return min(self.cfg.data.max_load_failures, self.cfg.data.max_load_failure_fraction * len(split))
+
+    def _check_load_failures(self, split: SplitView, failures: float) -> None:
+        """Stop the run when more images of one pass over `split` failed to load than the limits allow."""
+        limit = self._failure_limit(split)
+        if failures > limit:
+            raise RunError(
+                f"{int(failures)} of the {len(split)} {split.name} images failed to load in this pass (limit "
+                f"{limit:g}: data.max_load_failures, data.max_load_failure_fraction); they are listed in "
+                f"{self.run_dir / 'quarantine_runtime.jsonl'}: check the images under {self.manifest.root}, "
+                f"or re-run `fastprod prepare` to quarantine them")
+
     def _summary(self, elapsed: float, images_seen: int) -> dict:
-        dropped = int(all_reduce([self.dropped_samples], self.dist.device)[0])
+        dropped = int(all_reduce([self.train_loader.failures_total], self.dist.device)[0])
         return {
             "val_top1_error": self.last_val.get("top1_error"), "val_loss": self.last_val.get("loss"),
             "val_images": self.last_val.get("images"), "steps": self.step, "epochs": self.cfg.schedule.epochs,
             "skipped_steps": self.skipped_steps, "quarantined_at_load": dropped,
+            "val_load_failures": self.last_val.get("load_failures"),
             "num_classes": self.manifest.num_classes, "world_size": self.dist.world,
             "device": str(self.dist.device), "precision": self.cfg.run.precision, "model": self.cfg.model.name,
             "wall_time_s": round(elapsed, 2), "train_img_per_s": round(images_seen / max(elapsed, 1e-9), 2),

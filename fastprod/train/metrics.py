@@ -1,13 +1,16 @@
 """Run metrics: one JSON line per step and per validation in `metrics.jsonl`, mirrored to TensorBoard.
 
 Only the main rank writes. On resume, lines past the resumed step are dropped (the steps are
-replayed) and TensorBoard purges them too, so a crashed-and-resumed run reads like a clean one.
+replayed) and TensorBoard purges them too, so a crashed-and-resumed run reads like a clean one; a last
+line cut short by a kill mid-write is dropped with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+import warnings
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
@@ -20,8 +23,10 @@ class MetricsLogger:
         if not enabled:
             return
         if self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [ln for ln in _records(self.path) if ln[1] <= resume_step]
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(text + "\n" for text, _ in kept))
+            os.replace(tmp, self.path)
         self.file = open(self.path, "a")
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
@@ -38,3 +43,15 @@ class MetricsLogger:
         if self.enabled:
             self.file.close()
             self.tb.close()
+
+
+def _records(path: Path) -> list[tuple[str, int]]:
+    """(line, step) of every complete record; a line that does not parse (cut short by a kill) is dropped."""
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            records.append((line, int(json.loads(line)["step"])))
+        except (ValueError, KeyError, TypeError):
+            if line.strip():
+                warnings.warn(f"{path}:{number}: dropping an incomplete line ({line[:60]!r})")
+    return records

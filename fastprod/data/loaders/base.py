@@ -34,6 +34,13 @@ class Loader(ABC):
         self.num_samples = num_samples
         self.epoch = 0
         self.batches_done = 0
+        self.failures = 0  # samples of this pass over the split that failed to load (quarantined at run time)
+        self.failures_total = 0  # ... over every pass of the run
+
+    def _dropped(self, count: int) -> None:
+        """Count samples dropped from a batch, including batches whose every sample failed (never yielded)."""
+        self.failures += count
+        self.failures_total += count
 
     def _batches(self) -> list[list[tuple[int, int]]]:
         """This rank's batches of the current epoch, in the seeded order every backend shares."""
@@ -48,17 +55,19 @@ class Loader(ABC):
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.epoch, self.batches_done = epoch, 0
+            self.epoch, self.batches_done, self.failures = epoch, 0, 0
 
     def rewind(self) -> None:
         """Start the current epoch over (evaluation loaders are iterated whole, again and again)."""
-        self.batches_done = 0
+        self.batches_done, self.failures = 0, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_done": self.batches_done}
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "failures": self.failures,
+                "failures_total": self.failures_total}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+        self.failures, self.failures_total = int(state.get("failures", 0)), int(state.get("failures_total", 0))
 
     @abstractmethod
     def __iter__(self) -> Iterator[Batch]:

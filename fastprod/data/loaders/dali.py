@@ -233,9 +233,7 @@ class DALILoader(Loader):
             except StopIteration:
                 break
             except Exception as err:  # noqa: BLE001 - DALI reports a failed decode as RuntimeError
-                while pending and pending[0].indices.numel() == 0:
-                    pending.popleft()
-                    self.batches_done += 1
+                self._skip_empty(pending)
                 if not pending:
                     raise
                 failed = pending.popleft()
@@ -247,11 +245,18 @@ class DALILoader(Loader):
                 del pipe
                 pipe = self._build(todo, pending)
                 continue
-            while pending[0].indices.numel() == 0:
-                pending.popleft()
-                self.batches_done += 1
+            self._skip_empty(pending)
             rec = pending.popleft()
             images = self._to_torch(out)
             self.batches_done += 1
+            self._dropped(rec.dropped)
             yield Batch(images, rec.labels.to(self.device, non_blocking=True), rec.indices, rec.dropped)
-        self.batches_done += len(pending)  # batches whose every sample was dropped
+        for rec in pending:  # batches whose every sample was dropped
+            self._dropped(rec.dropped)
+            self.batches_done += 1
+
+    def _skip_empty(self, pending: deque[_Pending]) -> None:
+        """Pass the batches at the front whose every sample was dropped (DALI never ran them)."""
+        while pending and pending[0].indices.numel() == 0:
+            self._dropped(pending.popleft().dropped)
+            self.batches_done += 1

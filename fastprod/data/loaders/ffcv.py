@@ -356,6 +356,7 @@ class FFCVLoader(Loader):
             self.batches_done += 1
             good = ok.view(-1) == 1
             dropped = int((~good).sum())
+            self._dropped(dropped)
             for i in indices.view(-1)[~good].tolist():
                 self._quarantine(i)
             if not bool(good.any()):

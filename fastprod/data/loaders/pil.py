@@ -50,10 +50,11 @@ class _Images(Dataset):
                 f.write(json.dumps(record) + "\n")
 
 
-def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None:
+def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, int]:
+    """Stack the samples that loaded; the last element counts those that did not (all of them: no images)."""
     good = [it for it in items if it is not None]
     if not good:
-        return None
+        return None, None, None, len(items)
     images, labels, indices = zip(*good)
     return torch.stack(images), torch.tensor(labels), torch.tensor(indices), len(items) - len(good)
 
@@ -78,11 +79,11 @@ class PILLoader(Loader):
             pin_memory=self.device.type == "cuda", persistent_workers=False,
             prefetch_factor=4 if self.workers else None,
         )
-        for item in loader:
+        for images, labels, indices, dropped in loader:
             self.batches_done += 1
-            if item is None:
+            self._dropped(dropped)
+            if images is None:
                 continue
-            images, labels, indices, dropped = item
             yield Batch(
                 normalize_on_device(images, self.device, self.channels_last),
                 labels.to(self.device, non_blocking=True), indices, dropped,
