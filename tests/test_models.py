@@ -90,6 +90,9 @@ def test_init_from_refuses_a_malicious_pickle(tmp_path):
         create_model(ModelConfig(name="resnet10t", init_from=str(evil)), 3)
     assert str(err.value).startswith(f"model.init_from: {evil} holds Python objects (GLOBAL ")
     assert "refused unread" in str(err.value) and not marker.exists()
+    with pytest.raises(ConfigError, match=r"^model\.pretrained_file: .*evil\.pt cannot be loaded"):
+        create_model(ModelConfig(name="resnet10t", pretrained_file=str(evil)), 3)  # timm loads weights_only too
+    assert not marker.exists()
 
 
 TINY = """
