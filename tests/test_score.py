@@ -335,3 +335,23 @@ def test_score_refuses_a_manifest_of_other_classes(three_class_run, manifest_dir
 
     assert main(["score", "--engine", str(eng), "--images", val.paths[0], "--out", str(tmp_path / "images"),
                  "--workers", "0", "--no-progress"]) == 0  # no labels: no class check
+
+
+def test_export_never_unpickles_a_checkpoint(run_dir, tmp_path, capsys):
+    """A weights file is data: a pickle that would run code is refused, and the code never runs."""
+    import os
+
+    from fastprod.cli import main
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'executed'}",)
+
+    hostile = run_dir / "final" / "hostile.pt"
+    torch.save({"fc.weight": Payload()}, hostile)
+    try:
+        assert main(["export", "--checkpoint", str(hostile), "--out", str(tmp_path / "eng")]) == 2
+    finally:
+        hostile.unlink()
+    assert str(hostile) in _one_error_line(capsys, "export")
+    assert not (tmp_path / "executed").exists() and not (tmp_path / "eng").exists()
