@@ -64,6 +64,12 @@ def create_model(cfg: ModelConfig, num_classes: int) -> torch.nn.Module:
     return model
 
 
+def refused_global(err: Exception) -> str | None:
+    """The callable a `torch.load(weights_only=True)` refusal names (e.g. "GLOBAL posix.system"), if any."""
+    code = re.search(r"GLOBAL [\w.]+", str(err))
+    return code[0] if code else None
+
+
 def load_weights(model: torch.nn.Module, path: Path, key: str = "model.init_from") -> None:
     """Load a full state dict saved by fastprod (finetuning starts from a trained model's weights).
 
@@ -75,9 +81,9 @@ def load_weights(model: torch.nn.Module, path: Path, key: str = "model.init_from
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises UnpicklingError, KeyError, EOFError, ... for other files
-        code = re.search(r"Unsupported global: (GLOBAL \S+)", str(err))
+        code = refused_global(err)
         if code:
-            raise ConfigError(f"{key}: {path} holds Python objects ({code[1]}), not only tensors: refused unread, "
+            raise ConfigError(f"{key}: {path} holds Python objects ({code}), not only tensors: refused unread, "
                               "since unpickling it could run code") from None
         raise ConfigError(f"{key}: {path} cannot be read as a weights file ({_one_line(err)})") from None
     try:

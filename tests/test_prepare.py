@@ -312,6 +312,7 @@ def test_symlinks_leaving_the_root_need_follow_symlinks(tmp_path):
     os.symlink(root / "train", linked / "train")
     code, err = _prepare_cli(linked, tmp_path / "m2")
     assert code == 2 and f"all 3 images are unreadable (most often: {reason};" in err
+    assert len(read_quarantine(tmp_path / "m2")) == 3  # the file the message points at exists
 
 
 def test_file_names_that_are_not_utf8_are_quarantined_escaped(tmp_path):

@@ -286,3 +286,20 @@ def test_a_loss_that_is_never_finite_stops_the_run(manifest_dir, tmp_path):
     done = train(config, "optim.lr=1e30", "run.max_skipped_in_a_row=3")
     assert_refused(done, 1, "not finite in 3 steps in a row", "optim.lr")
     assert not (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "run" / "final").exists()
+
+
+@pytest.mark.parametrize("backend", ["pil", "dali"])
+def test_loaders_refuse_an_extremely_elongated_image(manifest_dir, tmp_path, backend):
+    """prepare's geometry limits hold at load time too, on DALI's own JPEG path as well."""
+    from PIL import Image
+
+    thin = tmp_path / "thin.jpg"
+    Image.new("RGB", (2, 400), (200, 10, 10)).save(thin)
+    good = Manifest.load(manifest_dir).split("val")
+    split = SplitView("val", [str(thin)] + good.paths[1:], good.labels, good.image_ids)
+    cfg = load_config(None, [f"data.manifest={manifest_dir}", "data.image_size=32", "data.workers=1",
+                             f"data.backend={backend}"]).data
+    loader = create_loader(split, cfg, train=False, quarantine_log=tmp_path / "log.jsonl")
+    assert sum(len(b.labels) for b in loader) == len(good) - 1 and loader.failures == 1
+    record = json.loads((tmp_path / "log.jsonl").read_text())
+    assert record["path"] == str(thin) and "extreme aspect ratio 2:400" in record["reason"]

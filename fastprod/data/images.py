@@ -41,7 +41,7 @@ class ImageInfo:
     mode: str  # PIL mode as stored: "RGB", "L", "P", "CMYK", "RGBA", ...
 
 
-def _check_geometry(width: int, height: int, max_aspect: float, max_pixels: int) -> None:
+def check_geometry(width: int, height: int, max_aspect: float, max_pixels: int) -> None:
     """Raise `ImageError` for an image too elongated or too large to be resized and cropped safely."""
     if width * height > max_pixels:
         raise ImageError(f"too many pixels: {width}x{height} = {width * height:,} (max {max_pixels:,})")
@@ -51,14 +51,14 @@ def _check_geometry(width: int, height: int, max_aspect: float, max_pixels: int)
 
 @contextmanager
 def _decoding(path: str | Path, max_aspect: float, max_pixels: int) -> Iterator[Image.Image]:
-    """Open `path` and check its size from the header (`_check_geometry`), yielding the PIL image before
+    """Open `path` and check its size from the header (`check_geometry`), yielding the PIL image before
     any pixel is decoded; every way of failing becomes an `ImageError` with a reason."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise ImageError("zero-byte file")
         with Image.open(path) as im:
-            _check_geometry(im.width, im.height, max_aspect, max_pixels)
+            check_geometry(im.width, im.height, max_aspect, max_pixels)
             yield im
     except ImageError:
         raise

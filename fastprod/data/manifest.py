@@ -174,14 +174,7 @@ class Manifest:
         root = Path(root).resolve()
         write_json(directory / CLASSES, {"root": str(root), "root_relative": os.path.relpath(root, directory.resolve()),
                                          "class_ids": list(class_ids)})
-
-        def write_quarantine(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=QUARANTINE_COLUMNS)
-                writer.writeheader()
-                writer.writerows({k: row[k] for k in QUARANTINE_COLUMNS} for row in quarantine)
-
-        _atomic_write(directory / QUARANTINE, write_quarantine)
+        write_quarantine(directory, quarantine)
         write_json(directory / SUMMARY, summary)
         return cls.load(directory)
 
@@ -194,6 +187,17 @@ class Manifest:
                    "images": {s: splits.count(s) for s in sorted(set(splits))}}
         return Manifest.write(directory, root=self.root, class_ids=self.class_ids, columns=rows.to_pydict(),
                               quarantine=read_quarantine(self.directory), summary=summary)
+
+
+def write_quarantine(directory: str | Path, rows: Iterable[dict]) -> None:
+    """Write DIR/quarantine.csv atomically; `rows` are dicts with the keys of `QUARANTINE_COLUMNS`."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=QUARANTINE_COLUMNS)
+            writer.writeheader()
+            writer.writerows({k: row[k] for k in QUARANTINE_COLUMNS} for row in rows)
+
+    _atomic_write(Path(directory) / QUARANTINE, write)
 
 
 def read_quarantine(directory: str | Path) -> list[dict[str, str]]:

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from fastprod.data.images import MAX_ASPECT, MAX_PIXELS, ImageError, probe
-from fastprod.data.manifest import CLASS_SIZES_PLOT, DatasetError, Manifest
+from fastprod.data.manifest import CLASS_SIZES_PLOT, DatasetError, Manifest, write_quarantine
 from fastprod.data.pool import worker_pool
 
 PROBE_CACHE = "probe_cache.parquet"
@@ -356,6 +356,7 @@ def prepare(root: str | Path, out: str | Path, *, workers: int | None = None, va
         kept = hold_out([e for e, _ in good], val_fraction, seed)
         good = [(e, r) for e, (_, r) in zip(kept, good)]
     if not good:
+        write_quarantine(out, quarantine)
         common = collections.Counter(q["reason"] for q in quarantine).most_common(1)[0][0]
         raise DatasetError(f"{root}: all {len(entries)} images are unreadable (most often: {common}; "
                            f"see {out / 'quarantine.csv'})")

@@ -114,11 +114,13 @@ def snapshot_checkpoints(run_dir: Path) -> list[Path]:
     return paths
 
 
-def build_module(model_cfg: ModelConfig, num_classes: int, checkpoints: list[Path], dtype: torch.dtype) -> ScoringModule:
+def build_module(model_cfg: ModelConfig, num_classes: int, checkpoints: list[Path], dtype: torch.dtype,
+                 key: str = "--checkpoint") -> ScoringModule:
+    """The members' weights (read as plain tensors only; `key` names their source in errors) behind one module."""
     members = []
     for path in checkpoints:
         model = create_model(ModelConfig(**{**asdict(model_cfg), "pretrained_file": None, "init_from": None}), num_classes)
-        load_weights(model, Path(path))
+        load_weights(model, Path(path), key)
         members.append(model.eval())
     return ScoringModule(members, dtype).eval().to(dtype)
 
@@ -288,7 +290,7 @@ class Engine:
     def _load_eager(self):
         model_cfg = ModelConfig(**self.meta["model"])
         module = build_module(model_cfg, self.num_classes, [self.dir / a for a in self.meta["artifact"]],
-                              DTYPES[self.precision]).to(self.device)
+                              DTYPES[self.precision], key=f"engine {self.dir}").to(self.device)
         if self.device.type == "cpu" or model_cfg.channels_last:
             module = module.to(memory_format=torch.channels_last)
         return module

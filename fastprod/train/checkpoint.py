@@ -41,6 +41,7 @@ from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 from deepspeed.utils.tensor_fragment import fragment_address
 
+from fastprod.models import refused_global
 from fastprod.train.distributed import Dist, all_reduce, barrier
 from fastprod.train.errors import RunError
 
@@ -222,7 +223,8 @@ class Checkpointer:
             set_rng_state(state.pop("rng"))
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError) as err:
             lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-            reason = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else type(err).__name__)
+            code = refused_global(err)
+            reason = f"it holds Python objects: {code}" if code else (lines[0] if lines else type(err).__name__)
             raise RunError(f"checkpoint {folder} matches its checksums but cannot be loaded as plain tensors "
                            f"({reason}); nothing in it was executed. It was not written by this fastprod (or was "
                            f"altered): restore the run directory, or set another run.dir") from None

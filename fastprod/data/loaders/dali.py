@@ -40,7 +40,7 @@ from PIL import Image
 
 from fastprod.config import DataConfig
 from fastprod.data.augment import MEAN, MEAN_UINT8, STD, normalize_on_device
-from fastprod.data.images import ImageError, load_rgb
+from fastprod.data.images import MAX_ASPECT, MAX_PIXELS, ImageError, check_geometry, load_rgb
 from fastprod.data.loaders import augparams as ap
 from fastprod.data.loaders.base import Batch, Loader
 from fastprod.data.manifest import SplitView
@@ -129,8 +129,9 @@ class DALILoader(Loader):
                 try:
                     with Image.open(io.BytesIO(data)) as im:  # header only
                         width, height = im.size
+                    check_geometry(width, height, MAX_ASPECT, MAX_PIXELS)
                     return np.frombuffer(data, dtype=np.uint8), height, width
-                except Exception:  # noqa: BLE001 - unreadable header: let PIL decide below
+                except Exception:  # noqa: BLE001 - unreadable header or refused geometry: PIL says why below
                     pass
         image = load_rgb(path)
         return _ppm(image), image.height, image.width
