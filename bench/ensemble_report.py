@@ -31,7 +31,8 @@ from results import write_json
 from fastprod.config import load_config
 from fastprod.score.engine import Engine, export_engine, find_run_config
 from fastprod.score.ensemble import argmax_and_finite, ensemble_errors, fit, load_preds, stratified_holdout
-from fastprod.score.score import items_from_manifest, score
+from fastprod.score.items import items_from_manifest
+from fastprod.score.score import score
 from fastprod.score.tta import Views
 
 

@@ -19,9 +19,10 @@ from fastprod.config import ModelConfig, load_config, save_config
 from fastprod.data.augment import MEAN, STD
 from fastprod.data.manifest import Manifest
 from fastprod.models import create_model
+from fastprod.score.calibration import calibration_views
 from fastprod.score.engine import Engine, export_engine, snapshot_checkpoints
-from fastprod.score.score import Items, items_from_manifest, items_from_paths, score
-from fastprod.score.quantize import calibration_views
+from fastprod.score.items import Items, items_from_manifest, items_from_paths
+from fastprod.score.score import score
 from fastprod.score.tta import Views, make_views
 
 VIEWS = Views(32, (1.0, 1.3), ("center", "br", "tl"), (False, True))

@@ -345,7 +345,7 @@ def run(args) -> int:
     if args.calibration and args.precision != "int8":
         raise ValueError("--calibration is for --precision int8")
     if args.calibration:
-        from fastprod.score.quantize import calibration_views
+        from fastprod.score.calibration import calibration_views
 
         calibration = calibration_views(args.calibration, args.calibration_split, args.calibration_images, views)
     out = export_engine(checkpoints, Path(args.out), backend=args.backend, precision=args.precision, views=views,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,26 +41,8 @@ from tqdm import tqdm
 
 from fastprod.data.images import ImageError, load_rgb
 from fastprod.score.engine import Engine, cli_errors
+from fastprod.score.items import Items, items_from_paths
 from fastprod.score.tta import Views, average_views, blank_views, make_views
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-@dataclass(frozen=True)
-class Items:
-    image_ids: list[str]
-    paths: list[str]
-    labels: np.ndarray  # int64, -1 when unknown
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
-def items_from_manifest(directory: str | Path, split: str) -> Items:
-    from fastprod.data.manifest import Manifest
-
-    view = Manifest.load(directory).split(split)
-    return Items(list(view.image_ids), list(view.paths), view.labels.astype(np.int64))
 
 
 def items_for_engine(engine: Engine, directory: str | Path, split: str, shared_classes: bool = False
@@ -75,8 +56,7 @@ def items_for_engine(engine: Engine, directory: str | Path, split: str, shared_c
     from fastprod.data.manifest import Manifest
 
     manifest = Manifest.load(directory)
-    view = manifest.split(split)
-    items = Items(list(view.image_ids), list(view.paths), view.labels.astype(np.int64))
+    items = Items.of_split(manifest.split(split))
     if manifest.class_ids == engine.class_ids or not (items.labels >= 0).any():
         return items, 0
     index = {c: i for i, c in enumerate(engine.class_ids)}
@@ -93,26 +73,6 @@ def items_for_engine(engine: Engine, directory: str | Path, split: str, shared_c
                          f"{engine.dir}")
     kept = Items([items.image_ids[j] for j in keep], [items.paths[j] for j in keep], mapped[keep])
     return kept, len(items) - len(kept)
-
-
-def items_from_paths(paths: list[str | Path]) -> Items:
-    """Image files under each directory (recursively, sorted) or the files themselves; ids are relative paths,
-    paths absolute (their folders resolved, as `fastprod prepare` resolves a dataset root)."""
-    ids, files = [], []
-    for entry in map(Path, paths):
-        if entry.is_dir():
-            folder = entry.resolve()
-            found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            ids += [str(p.relative_to(folder)) for p in found]
-            files += [str(p) for p in found]
-        elif entry.exists():
-            ids.append(entry.name)
-            files.append(str(entry.parent.resolve() / entry.name))
-        else:
-            raise FileNotFoundError(f"--images: no such file or directory: {entry}")
-    if not files:
-        raise FileNotFoundError(f"--images: no image files under {[str(p) for p in paths]}")
-    return Items(ids, files, np.full(len(files), -1, dtype=np.int64))
 
 
 class _ViewDataset(torch.utils.data.Dataset):
