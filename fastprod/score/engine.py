@@ -1,21 +1,23 @@
-"""Scoring engines: one or more trained models behind one uint8-in, probabilities-out module.
+"""Scoring engines (seed section 5, multi-scale TTA and scoring): one or more trained models behind one
+uint8-in, probabilities-out module, exported by a backend and loaded again for scoring.
 
     fastprod export --checkpoint CKPT [CKPT ...] | --snapshots RUN --out ENGINE_DIR [--overwrite]
                     [--backend eager|onnxruntime|inductor|tensorrt] [--precision fp32|bf16|fp16|int8]
                     [--scales 1.0 1.14 1.33] [--crops center tl tr bl br] [--flip none|both|only]
-                    [--calibration DATASET_OR_IMAGES ...]   (int8: onnxruntime, see quantize.py)
+                    [--calibration DATASET_OR_IMAGES ...]   (int8: onnxruntime, see calibration.py)
 
-The exported graph takes a uint8 [N, 3, S, S] batch of TTA views (N dynamic) and returns float32
-[N, C] class probabilities: normalisation, the network(s) and the softmax are inside it, and with
-several checkpoints (a snapshot ensemble: `--snapshots RUN` takes RUN/snapshots/cycle-*.pt) the
-members' probabilities are averaged inside the graph too, so decoding and view building are paid
+The exported graph (fastprod/score/graph.py) takes a uint8 [N, 3, S, S] batch of TTA views (N dynamic)
+and returns float32 [N, C] class probabilities: normalisation, the network(s) and the softmax are inside
+it, and with several checkpoints (a snapshot ensemble: `--snapshots RUN` takes RUN/snapshots/cycle-*.pt)
+the members' probabilities are averaged inside the graph too, so decoding and view building are paid
 once per image whatever the number of members.
 
 ENGINE_DIR/engine.json records the backend, precision, model config, class ids, views and member
-checkpoints; with the backend's artifact next to it, scoring needs nothing else:
+checkpoints; with the backend's artifact next to it, scoring needs nothing else. Each backend (its
+precisions, its export and its load) is one module of fastprod/score/backends/, looked up by name:
     eager        member-K.pt state dicts, rebuilt with `create_model` (the reference)
     onnxruntime  model.onnx from the dynamo exporter (`torch.onnx.export(..., dynamo=True)`), fp32, or
-                 int8 after static quantisation calibrated on real views (fastprod/score/quantize.py)
+                 int8 after static quantisation calibrated on real views (fastprod/score/calibration.py)
     inductor     model.pt2, an AOTInductor package compiled ahead of time (loads without compiling)
     tensorrt     model.ep, a torch_tensorrt-compiled ExportedProgram (needs TensorRT and a GPU)
 
@@ -39,31 +41,12 @@ from pathlib import Path
 
 import torch
 
-from fastprod.config import ModelConfig, load_config
-from fastprod.data.augment import MEAN, STD
-from fastprod.models import create_model, load_weights
+from fastprod.config import load_config
+from fastprod.score.backends import BACKENDS, PRECISIONS, backend_for
+from fastprod.score.graph import DTYPES, build_module
 from fastprod.score.tta import Views
 
-BACKENDS = ("eager", "onnxruntime", "inductor", "tensorrt")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISIONS = (*DTYPES, "int8")
 ENGINE_JSON = "engine.json"
-
-
-class ScoringModule(torch.nn.Module):
-    """uint8 [N, 3, S, S] -> mean over members of softmax(member(normalise(x))), float32 [N, C]."""
-
-    def __init__(self, members: list[torch.nn.Module], dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        self.members = torch.nn.ModuleList(members)
-        self.dtype = dtype
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("inv_std", 1.0 / (torch.tensor(STD).view(1, 3, 1, 1) * 255), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = ((x.float() - self.mean) * self.inv_std).to(self.dtype)
-        probs = [m(x).float().softmax(-1) for m in self.members]
-        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
 
 
 def cli_errors(command: str) -> Callable:
@@ -114,30 +97,6 @@ def snapshot_checkpoints(run_dir: Path) -> list[Path]:
     return paths
 
 
-def build_module(model_cfg: ModelConfig, num_classes: int, checkpoints: list[Path], dtype: torch.dtype,
-                 key: str = "--checkpoint") -> ScoringModule:
-    """The members' weights (read as plain tensors only; `key` names their source in errors) behind one module."""
-    members = []
-    for path in checkpoints:
-        model = create_model(ModelConfig(**{**asdict(model_cfg), "pretrained_file": None, "init_from": None}), num_classes)
-        load_weights(model, Path(path), key)
-        members.append(model.eval())
-    return ScoringModule(members, dtype).eval().to(dtype)
-
-
-def _example(views: Views, batch: int, device: str = "cpu") -> torch.Tensor:
-    return torch.randint(0, 256, (batch, 3, views.image_size, views.image_size), dtype=torch.uint8, device=device)
-
-
-def _check_precision(backend: str, precision: str, device: str) -> None:
-    if precision == "fp16" and device == "cpu" and backend != "tensorrt":
-        raise ValueError("--precision fp16 is not supported on CPU (use bf16 or fp32)")
-    if backend == "onnxruntime" and precision not in ("fp32", "int8"):
-        raise ValueError("--backend onnxruntime exports fp32 or int8 (its CPU kernels have no bf16/fp16 convolutions)")
-    if precision == "int8" and backend != "onnxruntime":
-        raise ValueError("--precision int8 is implemented for --backend onnxruntime only")
-
-
 def _check_out(out: Path, overwrite: bool) -> None:
     """Refuse an existing `out` that is not an engine directory (an empty directory is taken), and an
     engine directory unless `overwrite`."""
@@ -170,15 +129,13 @@ def export_engine(checkpoints: list[Path], out: Path, *, backend: str = "eager",
                   views: Views | None = None, max_batch: int = 256, device: str = "cpu",
                   calibration: torch.Tensor | None = None, overwrite: bool = False) -> Path:
     """Write ENGINE_DIR for `checkpoints` (all of one run's architecture and classes); int8 needs
-    `calibration`, uint8 views of real images (`quantize.calibration_views`).
+    `calibration`, uint8 views of real images (`calibration.calibration_views`).
 
     The guarantee of the module docstring: every input is checked and the members are loaded before
     anything is written; the engine is built in a temporary sibling of `out` and renamed into place only
     when complete (the temporary is removed if the build fails); an existing `out` must be an engine
     directory and is replaced only with `overwrite`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"--backend: {backend!r} is not one of {BACKENDS}")
-    _check_precision(backend, precision, device)
+    exporter = backend_for(backend, precision, device)
     if precision == "int8" and calibration is None:
         raise ValueError("--precision int8 needs calibration images (--calibration DATASET_OR_IMAGES)")
     checkpoints = [Path(p) for p in checkpoints]
@@ -201,71 +158,16 @@ def export_engine(checkpoints: list[Path], out: Path, *, backend: str = "eager",
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        if backend == "eager":
-            for i, p in enumerate(checkpoints):
-                shutil.copyfile(p, tmp / f"member-{i}.pt")
-            meta["artifact"] = [f"member-{i}.pt" for i in range(len(checkpoints))]
-        elif backend == "onnxruntime" and precision == "int8":
-            from fastprod.score.quantize import quantize_onnx
-
-            fp32 = tmp / _export_onnx(module, views, tmp / "model-fp32.onnx", max_batch)
-            quantize_onnx(fp32, tmp / "model.onnx", calibration)
-            fp32.unlink()
-            meta["artifact"], meta["calibration_views"] = "model.onnx", len(calibration)
-        elif backend == "onnxruntime":
-            meta["artifact"] = _export_onnx(module, views, tmp / "model.onnx", max_batch)
-        elif backend == "inductor":
-            meta["artifact"] = _export_inductor(module, views, tmp / "model.pt2", max_batch, device)
-        else:
-            meta["artifact"] = _export_tensorrt(module, views, tmp / "model.ep", max_batch, precision)
+        meta["artifact"] = exporter.export(module, views, tmp, checkpoints=checkpoints, max_batch=max_batch,
+                                           device=device, precision=precision, calibration=calibration)
+        if precision == "int8":
+            meta["calibration_views"] = len(calibration)
         (tmp / ENGINE_JSON).write_text(json.dumps(meta, indent=1) + "\n")
         _move_into_place(tmp, target)
     finally:
         if tmp.exists():  # the build failed: its remains go
             shutil.rmtree(tmp)
     return Path(out)
-
-
-def _batch_dim(max_batch: int):
-    return torch.export.Dim("batch", min=1, max=max_batch)
-
-
-def _export_onnx(module: ScoringModule, views: Views, path: Path, max_batch: int) -> str:
-    program = torch.onnx.export(module, (_example(views, 2),), dynamo=True, input_names=["views"],
-                                output_names=["probs"], dynamic_shapes=({0: _batch_dim(max_batch)},),
-                                optimize=True, verbose=False)
-    program.save(str(path), external_data=False)
-    return path.name
-
-
-def _export_inductor(module: ScoringModule, views: Views, path: Path, max_batch: int, device: str) -> str:
-    module = module.to(device)
-    if device == "cpu":
-        module = module.to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        program = torch.export.export(module, (_example(views, 2, device),),
-                                      dynamic_shapes=({0: _batch_dim(max_batch)},))
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-    return path.name
-
-
-def _export_tensorrt(module: ScoringModule, views: Views, path: Path, max_batch: int, precision: str) -> str:
-    try:
-        import torch_tensorrt
-    except (ImportError, OSError) as err:  # OSError: the wheel without its TensorRT libraries (libnvinfer)
-        raise RuntimeError(f"--backend tensorrt needs torch_tensorrt with TensorRT (pip install '.[tensorrt]' on a "
-                           f"CUDA machine): {err}") from None
-    if not torch.cuda.is_available():
-        raise RuntimeError("--backend tensorrt needs a CUDA GPU")
-    module = module.float().cuda()  # TensorRT picks kernels per layer within enabled_precisions
-    opt = min(64, max_batch)
-    inputs = [torch_tensorrt.Input(min_shape=(1, 3, views.image_size, views.image_size),
-                                   opt_shape=(opt, 3, views.image_size, views.image_size),
-                                   max_shape=(max_batch, 3, views.image_size, views.image_size), dtype=torch.uint8)]
-    trt = torch_tensorrt.compile(module, ir="dynamo", inputs=inputs, enabled_precisions={DTYPES[precision]},
-                                 truncate_double=True)
-    torch_tensorrt.save(trt, str(path), output_format="exported_program", inputs=[_example(views, opt, "cuda")])
-    return path.name
 
 
 class Engine:
@@ -281,49 +183,19 @@ class Engine:
         self.class_ids = self.meta["class_ids"]
         self.max_batch = int(self.meta["max_batch"])
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self._run = getattr(self, f"_load_{self.backend}")()
+        if self.backend not in BACKENDS:
+            raise ValueError(f"{self.dir / ENGINE_JSON}: backend {self.backend!r} is not one of {tuple(BACKENDS)}")
+        self._run = BACKENDS[self.backend].load(self.dir, self.meta, self.device)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_ids)
-
-    def _load_eager(self):
-        model_cfg = ModelConfig(**self.meta["model"])
-        module = build_module(model_cfg, self.num_classes, [self.dir / a for a in self.meta["artifact"]],
-                              DTYPES[self.precision], key=f"engine {self.dir}").to(self.device)
-        if self.device.type == "cpu" or model_cfg.channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        return module
-
-    def _load_onnxruntime(self):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        providers = ["CPUExecutionProvider"]
-        if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(str(self.dir / self.meta["artifact"]), options, providers=providers)
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {"views": x.cpu().numpy()})[0])
-        return run
-
-    def _load_inductor(self):
-        return torch._inductor.aoti_load_package(str(self.dir / self.meta["artifact"]))
-
-    def _load_tensorrt(self):
-        import torch_tensorrt  # noqa: F401  (registers the TensorRT runtime ops the program calls)
-
-        return torch.export.load(str(self.dir / self.meta["artifact"])).module()
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 [N, 3, S, S] -> float32 [N, C] on the CPU, run in pieces of at most max_batch."""
         outs = []
         for piece in x.split(self.max_batch):
-            if self.backend != "onnxruntime":
-                piece = piece.to(self.device, non_blocking=True)
             outs.append(self._run(piece).float().cpu())
         return torch.cat(outs)
 
@@ -363,8 +235,9 @@ def register(subparsers) -> None:
     p.add_argument("--snapshots", type=Path, help="a run directory: every SGDR snapshot becomes an ensemble member")
     p.add_argument("--out", required=True, type=Path, help="ENGINE_DIR to write (a new or empty directory)")
     p.add_argument("--overwrite", action="store_true", help="replace the engine already at --out")
-    p.add_argument("--backend", choices=BACKENDS, default="eager")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="int8: onnxruntime, with --calibration")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="eager")
+    int8 = " or ".join(name for name, backend in BACKENDS.items() if "int8" in backend.precisions)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"int8: {int8}, with --calibration")
     p.add_argument("--calibration", nargs="+", help="int8: a prepared dataset, or image files/folders, to calibrate on")
     p.add_argument("--calibration-split", default="train", help="with a prepared dataset: the split to draw from")
     p.add_argument("--calibration-images", type=int, default=128, help="images drawn for calibration (all their views)")
