@@ -43,10 +43,7 @@ float16 is 120 GB of files, read once).
 from __future__ import annotations
 
 import json
-import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +52,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from fastprod.files import atomic_write, write_json
 from fastprod.score.engine import cli_errors
 
 POWERS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -168,17 +166,6 @@ def check_output(out: Path, inputs: list[str | Path]) -> None:
         else:
             continue
         raise ValueError(f"--out {out} {relation} the input {source}: write the output apart from the inputs")
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary sibling of `path` to write; renamed onto `path` when the block completes, removed if it fails."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -298,9 +285,12 @@ def fit(preds: list[Preds], labels: np.ndarray, *, scaling: str = "power", grid:
 def save_weights(result: dict, path: str | Path) -> None:
     """W.npz, written atomically to exactly `path`."""
     info = {k: v for k, v in result.items() if k not in ("weights", "acc", "counts", "global_acc")}
-    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
-        np.savez(f, weights=result["weights"], acc=result["acc"], counts=result["counts"],
-                 global_acc=result["global_acc"], info=np.array(json.dumps(info)))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a name
+            np.savez(f, weights=result["weights"], acc=result["acc"], counts=result["counts"],
+                     global_acc=result["global_acc"], info=np.array(json.dumps(info)))
+    atomic_write(path, write)
 
 
 def load_weights(path: str | Path, num_models: int, num_classes: int) -> np.ndarray:
@@ -346,11 +336,14 @@ def apply(preds: list[Preds], weights: np.ndarray, out_dir: str | Path, *, topk:
         raise ValueError("ensemble weights contain NaN or inf")
     options = dict(k=min(topk, C), chunk=chunk, device=torch.device(device), threads=threads, progress=progress)
     if save_probs:
-        with atomic_path(out_dir / "probs.npy") as tmp:
+        top = []
+
+        def write(tmp: Path) -> None:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, C))
-            top_p, top_i = weighted_sum_topk(preds, w, mm, **options)
+            top.extend(weighted_sum_topk(preds, w, mm, **options))
             mm.flush()
-            del mm
+        atomic_write(out_dir / "probs.npy", write)
+        top_p, top_i = top
     else:
         top_p, top_i = weighted_sum_topk(preds, w, None, **options)
     ok = np.isfinite(top_p).all(1)
@@ -363,13 +356,11 @@ def apply(preds: list[Preds], weights: np.ndarray, out_dir: str | Path, *, topk:
         "topk_labels": pa.array(list(top_i), pa.list_(pa.int32())),
         "topk_probs": pa.array(list(top_p), pa.list_(pa.float32())),
     })
-    with atomic_path(out_dir / "predictions.parquet") as tmp:
-        pq.write_table(table, tmp)
+    atomic_write(out_dir / "predictions.parquet", lambda tmp: pq.write_table(table, tmp))
     known = ok & (lab >= 0)
     summary = {"images": n, "models": len(preds), "missing": int((~ok).sum()),
                "top1_error": float((top_i[known, 0] != lab[known]).mean()) if known.any() else None}
-    with atomic_path(out_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(out_dir / "summary.json", summary, indent=1)
     return summary
 
 

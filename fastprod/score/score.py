@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from fastprod.data.images import ImageError, load_rgb
+from fastprod.files import atomic_write, write_json
 from fastprod.score.engine import Engine, cli_errors
 from fastprod.score.items import Items, items_from_paths
 from fastprod.score.tta import Views, average_views, blank_views, make_views
@@ -95,12 +95,6 @@ def _collate(batch):
     return torch.tensor(index), torch.stack(views), list(errors)
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _fingerprint(items: Items, engine: Engine, topk: int, probs: bool, chunk: int) -> str:
     h = hashlib.sha256()
     for part in (items.image_ids, items.paths, items.labels.tolist(), engine.meta["views"],
@@ -150,12 +144,12 @@ def score(engine: Engine, items: Items, out: str | Path, *, topk: int = 5, save_
     else:
         pq.write_table(pa.table({"image_id": items.image_ids, "path": items.paths,
                                  "label": pa.array(items.labels, pa.int32())}), out / "images.parquet")
-        _atomic_json(meta_path, {
+        write_json(meta_path, {
             "fingerprint": fingerprint, "engine": str(engine.dir.resolve()), "backend": engine.backend,
             "precision": engine.precision, "checkpoints": engine.meta["checkpoints"], "views": engine.meta["views"],
             "num_views": num_views, "images": n, "num_classes": C, "class_ids": engine.class_ids, "topk": topk,
-            "probs": save_probs, "chunk": chunk})
-        _atomic_json(progress_path, {"chunks_done": 0, "complete": False})
+            "probs": save_probs, "chunk": chunk}, indent=1)
+        write_json(progress_path, {"chunks_done": 0, "complete": False}, indent=1)
     chunks = (n + chunk - 1) // chunk
     probs_mm = None
     if save_probs:
@@ -189,11 +183,9 @@ def score(engine: Engine, items: Items, out: str | Path, *, topk: int = 5, save_
                                 P[:end], I[:end], engine.class_ids)
             if probs_mm is not None:
                 probs_mm.flush()  # the probabilities reach the file before the chunk counts as done
-            tmp = out / "parts" / f".part-{next_chunk:05d}.tmp"
-            pq.write_table(table, tmp)
-            os.replace(tmp, out / "parts" / f"part-{next_chunk:05d}.parquet")
+            atomic_write(out / "parts" / f"part-{next_chunk:05d}.parquet", lambda tmp: pq.write_table(table, tmp))
             next_chunk += 1
-            _atomic_json(progress_path, {"chunks_done": next_chunk, "complete": False})
+            write_json(progress_path, {"chunks_done": next_chunk, "complete": False}, indent=1)
             buf_p, buf_i, buf_err, buf_start = [P[end:]], [I[end:]], buf_err[end:], hi
             if stop_after_chunks is not None and next_chunk - done >= stop_after_chunks:
                 bar.close()
@@ -216,8 +208,8 @@ def score(engine: Engine, items: Items, out: str | Path, *, topk: int = 5, save_
     summary = {"images": n, "failed": int((~ok).sum()), "views": num_views, "chunks": chunks,
                "top1_error": float((pred[known] != labels[known]).mean()) if known.any() else None,
                "labelled": int(known.sum())}
-    _atomic_json(progress_path, {"chunks_done": chunks, "complete": True})
-    _atomic_json(out / "summary.json", summary)
+    write_json(progress_path, {"chunks_done": chunks, "complete": True}, indent=1)
+    write_json(out / "summary.json", summary, indent=1)
     failed = [(items.paths[j], table["error"][j].as_py()) for j in np.flatnonzero(~ok)]
     for path, reason in failed[:20]:
         print(f"score: could not decode {path}: {reason} (scored as missing)")
