@@ -1,4 +1,4 @@
-"""Class-based weighted ensemble (seed section 5), vectorised and streamed from float16 memmaps.
+"""Class-based weighted ensemble (seed section 6, model ensemble), vectorised and streamed from float16 memmaps.
 
     fastprod ensemble fit   --preds P1 P2 ... --labels VAL [--split val] --out W.npz
                             [--scaling power|softmax] [--holdout 0.3] [--min-count 5]

@@ -1,4 +1,5 @@
-"""Batch scoring with TTA: decode, build views, run an engine, average over views, write top-k.
+"""Batch scoring with TTA (seed section 5, multi-scale TTA and scoring): decode, build views, run an
+engine, average over views, write top-k.
 
     fastprod score --engine ENGINE_DIR (--manifest M [--split val] [--shared-classes] | --images DIR_OR_FILE ...)
                    --out PRED [--topk 5] [--probs] [--csv] [--batch 256] [--chunk 2048] [--workers 2]

@@ -1,4 +1,4 @@
-"""The CPU kernel of the class-based ensemble (seed section 5): sum_m w[m, c] * P_m[n, c] and its top-k
+"""The CPU kernel of the class-based ensemble (seed section 6): sum_m w[m, c] * P_m[n, c] and its top-k
 in one pass over the memory-mapped probability matrices.
 
 Applying an ensemble of M models to N images over C = 50,030 classes reads M x N x C probabilities
