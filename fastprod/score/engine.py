@@ -14,12 +14,8 @@ once per image whatever the number of members.
 
 ENGINE_DIR/engine.json records the backend, precision, model config, class ids, views and member
 checkpoints; with the backend's artifact next to it, scoring needs nothing else. Each backend (its
-precisions, its export and its load) is one module of fastprod/score/backends/, looked up by name:
-    eager        member-K.pt state dicts, rebuilt with `create_model` (the reference)
-    onnxruntime  model.onnx from the dynamo exporter (`torch.onnx.export(..., dynamo=True)`), fp32, or
-                 int8 after static quantisation calibrated on real views (fastprod/score/calibration.py)
-    inductor     model.pt2, an AOTInductor package compiled ahead of time (loads without compiling)
-    tensorrt     model.ep, a torch_tensorrt-compiled ExportedProgram (needs TensorRT and a GPU)
+precisions, its export and its load, and the artifact it writes) is one module of fastprod/score/backends/,
+looked up here by name (the list: fastprod/score/backends/__init__.py).
 
 Nothing at ENGINE_DIR changes until the new engine is complete: the weights files and the run's
 config are checked first, the engine is built in a temporary sibling (.NAME.tmp-PID) and renamed

@@ -3,10 +3,12 @@
 (fastprod/score/engine.py) look a backend up here by its engine.json / --backend name; the CLI's
 --backend and --precision choices come from here too.
 
-    eager        member-K.pt state dicts, rebuilt with `create_model` (the reference)      eager.py
-    onnxruntime  model.onnx, fp32 or int8 (static quantisation on calibration views)      onnxruntime.py
-    inductor     model.pt2, an AOTInductor package compiled ahead of time                  inductor.py
-    tensorrt     model.ep, a torch_tensorrt ExportedProgram (TensorRT and a CUDA GPU)     tensorrt.py
+Each in NAME.py, with the artifact it writes next to engine.json:
+    eager        member-K.pt state dicts, rebuilt with `create_model` (the reference)
+    onnxruntime  model.onnx from the dynamo exporter (`torch.onnx.export(..., dynamo=True)`), fp32, or
+                 int8 after static quantisation calibrated on real views (fastprod/score/calibration.py)
+    inductor     model.pt2, an AOTInductor package compiled ahead of time (loads without compiling)
+    tensorrt     model.ep, a torch_tensorrt-compiled ExportedProgram (needs TensorRT and a GPU)
 
 Adding a backend: write fastprod/score/backends/NAME.py with an `export` and a `load` function and a
 `Backend(name, precisions, cpu_precisions, export, load)` (the interface: fastprod/score/backends/base.py;
