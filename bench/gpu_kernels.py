@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from fastprod.losses.reference import reference_loss
-from kernels import fused_loss, linear_cross_entropy
+from fastprod.kernels import fused_loss, linear_cross_entropy
 from results import write_json
-from kernels.common import LossParams, inv_valid_count
-from kernels.row_loss.triton import row_loss_triton
+from fastprod.kernels.common import LossParams, inv_valid_count
+from fastprod.kernels.row_loss.triton import row_loss_triton
 
 LOSS = dict(alpha=1.0, beta=0.1, smoothing=0.1)  # SCE with label smoothing: every term of the kernels
 FAILURES: list[str] = []

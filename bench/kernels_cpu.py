@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from fastprod.losses.reference import reference_loss
-from kernels import linear_cross_entropy
+from fastprod.kernels import linear_cross_entropy
 from results import write_json
 
 LOSS = dict(alpha=1.0, beta=0.1)  # the config's SCE defaults

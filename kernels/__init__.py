@@ -5,7 +5,7 @@ Triton on GPU, chunked torch on CPU, both tested against `fastprod.losses.refere
 - `linear_cross_entropy(features, weight, bias, target, ...)`: head + loss without the logits (`kernels/linear_loss`).
 """
 
-from kernels.linear_loss import linear_cross_entropy
-from kernels.row_loss import fused_loss
+from fastprod.kernels.linear_loss import linear_cross_entropy
+from fastprod.kernels.row_loss import fused_loss
 
 __all__ = ["fused_loss", "linear_cross_entropy"]

@@ -22,11 +22,11 @@ def create_loss(cfg: LossConfig) -> LossFn:
     `(features, head_weight, head_bias, target, weights=None)`: the caller skips the classifier."""
     alpha, beta = (cfg.sce_alpha, cfg.sce_beta) if cfg.name == "sce" else (1.0, 0.0)
     if cfg.impl == "fused_linear":
-        from kernels import linear_cross_entropy
+        from fastprod.kernels import linear_cross_entropy
 
         return partial(linear_cross_entropy, smoothing=cfg.label_smoothing, alpha=alpha, beta=beta, A=cfg.sce_A)
     if cfg.impl == "fused":
-        from kernels import fused_loss
+        from fastprod.kernels import fused_loss
 
         return partial(fused_loss, smoothing=cfg.label_smoothing, alpha=alpha, beta=beta, A=cfg.sce_A)
     return partial(reference_loss, smoothing=cfg.label_smoothing, alpha=alpha, beta=beta, A=cfg.sce_A)

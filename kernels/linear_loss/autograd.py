@@ -2,7 +2,7 @@
 (CE / label smoothing / SCE, O2U weights) in one op that never holds the [B, C] logits.
 
 Forward: the backend gives the log-sum-exp per row; z_y = x . w_y + b_y and sum_k z_k = x . sum_k w_k + sum_k b_k
-are cheap [B, D] products, so the per-sample loss follows (`kernels.common`). Backward: the backend
+are cheap [B, D] products, so the per-sample loss follows (`fastprod.kernels.common`). Backward: the backend
 recomputes the logits block by block and accumulates dX, dW and db.
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fastprod.losses.reference import A_OFFICIAL, LossOutput, reference_loss
-from kernels.common import (LossParams, grad_coefficients, inv_valid_count, row_losses, row_weights,
+from fastprod.kernels.common import (LossParams, grad_coefficients, inv_valid_count, row_losses, row_weights,
                             safe_target)
 
 LinearImpl = Literal["auto", "triton", "chunked", "reference"]
@@ -29,10 +29,10 @@ class LinearBackend(NamedTuple):
 def linear_backend(impl: LinearImpl, device: torch.device) -> LinearBackend:
     """Triton tiles on CUDA (or on request), class-chunked torch otherwise."""
     if impl == "triton" or (impl == "auto" and device.type == "cuda"):
-        from kernels.linear_loss.triton import linear_grads_triton, linear_lse_triton
+        from fastprod.kernels.linear_loss.triton import linear_grads_triton, linear_lse_triton
 
         return LinearBackend(linear_lse_triton, linear_grads_triton)
-    from kernels.linear_loss.chunked import linear_grads_torch, linear_lse_torch
+    from fastprod.kernels.linear_loss.chunked import linear_grads_torch, linear_lse_torch
 
     return LinearBackend(linear_lse_torch, linear_grads_torch)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.common import grad_from_logits_
+from fastprod.kernels.common import grad_from_logits_
 
 BLOCK_ELEMENTS = 1 << 19  # a [B, chunk] float32 block of about 2 MiB (bench/kernels_cpu.py: 13x less than naive)
 
@@ -38,7 +38,7 @@ def linear_lse_torch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -
 def linear_grads_torch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, target: torch.Tensor,
                        lse: torch.Tensor, coefs: tuple[torch.Tensor, ...], needs: tuple[bool, bool, bool],
                        ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(dX, dW, db) for dz = s p - t [k == y] - u (`kernels.common`), each only where `needs` says so."""
+    """(dX, dW, db) for dz = s p - t [k == y] - u (`fastprod.kernels.common`), each only where `needs` says so."""
     acc = lse.dtype
     dx = torch.zeros(x.shape, dtype=acc, device=x.device) if needs[0] else None
     dw = torch.empty_like(w) if needs[1] else None

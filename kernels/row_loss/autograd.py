@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from fastprod.losses.reference import A_OFFICIAL, LossOutput
-from kernels.common import LossParams, inv_valid_count
+from fastprod.kernels.common import LossParams, inv_valid_count
 
 RowImpl = Literal["auto", "triton", "torch"]
 RowBackend = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -24,10 +24,10 @@ RowBackend = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 def row_backend(impl: RowImpl, device: torch.device) -> RowBackend:
     """The Triton kernel for CUDA tensors (or on request), the chunked torch path otherwise."""
     if impl == "triton" or (impl == "auto" and device.type == "cuda"):
-        from kernels.row_loss.triton import row_loss_triton
+        from fastprod.kernels.row_loss.triton import row_loss_triton
 
         return row_loss_triton
-    from kernels.row_loss.chunked import row_loss_torch
+    from fastprod.kernels.row_loss.chunked import row_loss_torch
 
     return row_loss_torch
 

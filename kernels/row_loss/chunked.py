@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.common import LossParams, grad_coefficients, grad_from_logits_, row_losses, row_weights, safe_target
+from fastprod.kernels.common import LossParams, grad_coefficients, grad_from_logits_, row_losses, row_weights, safe_target
 
 CHUNK_ELEMENTS = 1 << 21  # rows per block: about 8 MiB of float32 logits
 
