@@ -23,6 +23,12 @@ class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names the dotted key."""
 
 
+# SCE's A (RCE = -A (1 - p_y), the log the clamped one-hot label gives a zero; seed section 3): the official
+# code clamps labels to [1e-4, 1], so A = ln(1e-4) = -9.21 (loss.sce_A's default); the paper's text uses -4.
+A_OFFICIAL = math.log(1e-4)
+A_PAPER = -4.0
+
+
 @dataclass
 class AugmentConfig:
     """The recipe's training augmentations (seed sections 1-2): random-sized crop, rotation,
@@ -139,7 +145,7 @@ class LossConfig:
     label_smoothing: float = 0.0
     sce_alpha: float = 1.0
     sce_beta: float = 0.1
-    sce_A: float = -9.210340371976182
+    sce_A: float = A_OFFICIAL
     # fused: kernels/ row-wise loss over the logits (Triton on GPU, chunked torch on CPU); fused_linear: the
     # classifier head and the loss in one op that never holds the [B, C] logits (for 10^4-10^5 classes)
     impl: Literal["fused", "fused_linear", "reference"] = "reference"

@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 import torch
 
-from fastprod.losses.reference import A_OFFICIAL, A_PAPER
+from fastprod.config import A_OFFICIAL, A_PAPER
 from fastprod.kernels import linear_cross_entropy
 from test_kernels_row_loss import true_ce
 
@@ -133,10 +133,9 @@ def interpreter_main() -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
     from test_kernels_row_loss import poison_allocations
 
-    from fastprod.kernels.common import LossParams
     from fastprod.kernels.linear_loss.autograd import LinearBackend, LinearLossFunction
     from fastprod.kernels.linear_loss.triton import linear_grads_triton, linear_lse_triton
-    from fastprod.losses.reference import LossOutput
+    from fastprod.kernels.reference import LossOutput, LossParams
 
     poison_allocations()
 

@@ -12,9 +12,9 @@ import sys
 import pytest
 import torch
 
-from fastprod.config import LossConfig
+from fastprod.config import A_OFFICIAL, A_PAPER, LossConfig
+from fastprod.kernels.reference import reference_loss
 from fastprod.losses import create_loss
-from fastprod.losses.reference import A_OFFICIAL, A_PAPER, reference_loss
 
 # (rows, classes, smoothing, alpha, beta, A, weighted, ignored rows, rows of weight 0); other weights are in (0, 2)
 CASES = [

@@ -6,9 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastprod.config import LossConfig
+from fastprod.config import A_OFFICIAL, A_PAPER, LossConfig
 from fastprod.losses import create_loss, reference_loss
-from fastprod.losses.reference import A_OFFICIAL, A_PAPER
 
 
 def inputs(b=9, c=13, seed=0):

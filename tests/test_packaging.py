@@ -47,7 +47,7 @@ def test_no_source_imports_the_top_level_kernels():
 
 SHADOWED = """
 import sys
-import fastprod.kernels, fastprod.losses, fastprod.train.engine
+import fastprod.kernels, fastprod.kernels.reference, fastprod.losses, fastprod.train.engine
 from fastprod.kernels import fused_loss, linear_cross_entropy
 from fastprod.config import LossConfig
 from fastprod.losses import create_loss

@@ -5,7 +5,7 @@ symmetric cross entropy, each with optional per-sample weights (O2U) and an igno
 kernels in `kernels/` compute the same quantities and are tested against `reference_loss`.
 """
 
-from fastprod.losses.reference import LossOutput, reference_loss
+from fastprod.kernels.reference import LossOutput, reference_loss
 from fastprod.losses.factory import create_loss
 
 __all__ = ["LossOutput", "create_loss", "reference_loss"]

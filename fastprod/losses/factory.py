@@ -8,7 +8,7 @@ from collections.abc import Callable
 from functools import partial
 
 from fastprod.config import LossConfig
-from fastprod.losses.reference import LossOutput, reference_loss
+from fastprod.kernels.reference import LossOutput, reference_loss
 
 LossFn = Callable[..., LossOutput]
 

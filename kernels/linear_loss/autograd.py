@@ -14,9 +14,8 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from fastprod.losses.reference import A_OFFICIAL, LossOutput, reference_loss
-from fastprod.kernels.common import (LossParams, grad_coefficients, inv_valid_count, row_losses, row_weights,
-                            safe_target)
+from fastprod.kernels.common import grad_coefficients, inv_valid_count, row_losses, row_weights, safe_target
+from fastprod.kernels.reference import LossOutput, LossParams, loss_params, reference_loss
 
 LinearImpl = Literal["auto", "triton", "chunked", "reference"]
 
@@ -66,17 +65,16 @@ class LinearLossFunction(torch.autograd.Function):
 
 
 def linear_cross_entropy(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         target: torch.Tensor, *, weights: torch.Tensor | None = None, smoothing: float = 0.0,
-                         alpha: float = 1.0, beta: float = 0.0, A: float = A_OFFICIAL, ignore_index: int = -100,
-                         impl: LinearImpl = "auto") -> LossOutput:
-    """`reference_loss(F.linear(features, weight, bias), target, ...)` without the [B, C] logits:
-    Triton on CUDA, class-chunked torch elsewhere; impl="reference" runs exactly that naive expression."""
+                         target: torch.Tensor, *, weights: torch.Tensor | None = None,
+                         params: LossParams | None = None, impl: LinearImpl = "auto", **terms: float) -> LossOutput:
+    """`reference_loss(F.linear(features, weight, bias), target, ...)` without the [B, C] logits, for `params`
+    or the LossParams of the keyword `terms` (smoothing, alpha, beta, A, ignore_index): Triton on CUDA,
+    class-chunked torch elsewhere; impl="reference" runs exactly that naive expression."""
+    p = loss_params(params, terms)
     if impl == "reference":
-        return reference_loss(F.linear(features, weight, bias), target, weights=weights, smoothing=smoothing,
-                              alpha=alpha, beta=beta, A=A, ignore_index=ignore_index)
+        return reference_loss(F.linear(features, weight, bias), target, weights=weights, params=p)
     if features.dtype != weight.dtype:
         raise ValueError(f"features ({features.dtype}) and weight ({weight.dtype}) must share a dtype")
-    p = LossParams(smoothing, alpha, beta, A, ignore_index)
     loss, per_sample, ce = LinearLossFunction.apply(features, weight, bias, target, weights, p,
                                                     linear_backend(impl, features.device))
     return LossOutput(loss, per_sample, ce)

@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
-from fastprod.losses.reference import A_OFFICIAL, LossOutput
-from fastprod.kernels.common import LossParams, inv_valid_count
+from fastprod.kernels.common import inv_valid_count
+from fastprod.kernels.reference import LossOutput, LossParams, loss_params
 
 RowImpl = Literal["auto", "triton", "torch"]
 RowBackend = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -57,13 +57,14 @@ class RowLossFunction(torch.autograd.Function):
 
 
 def fused_loss(logits: torch.Tensor, target: torch.Tensor, *, weights: torch.Tensor | None = None,
-               smoothing: float = 0.0, alpha: float = 1.0, beta: float = 0.0, A: float = A_OFFICIAL,
-               ignore_index: int = -100, inplace_backward: bool = False, impl: RowImpl = "auto") -> LossOutput:
-    """`reference_loss` computed by one fused pass per row (Triton on CUDA, chunked torch elsewhere).
+               params: LossParams | None = None, inplace_backward: bool = False, impl: RowImpl = "auto",
+               **terms: float) -> LossOutput:
+    """`reference_loss` computed by one fused pass per row (Triton on CUDA, chunked torch elsewhere), for
+    `params` or the LossParams of the keyword `terms` (smoothing, alpha, beta, A, ignore_index).
 
     inplace_backward=True overwrites `logits` with their gradient during the forward: only for callers
     that never read the logits again (a training step that only backpropagates the loss)."""
-    p = LossParams(smoothing, alpha, beta, A, ignore_index)
+    p = loss_params(params, terms)
     backend = row_backend(impl, logits.device)
     loss, per_sample, ce = RowLossFunction.apply(logits, target, weights, p, inplace_backward, backend)
     return LossOutput(loss, per_sample, ce)

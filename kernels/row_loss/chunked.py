@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from fastprod.kernels.common import LossParams, grad_coefficients, grad_from_logits_, row_losses, row_weights, safe_target
+from fastprod.kernels.common import grad_coefficients, grad_from_logits_, row_losses, row_weights, safe_target
+from fastprod.kernels.reference import LossParams
 
 CHUNK_ELEMENTS = 1 << 21  # rows per block: about 8 MiB of float32 logits
 

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastprod.kernels.common import LossParams
+from fastprod.kernels.reference import LossParams
 
 MAX_BLOCK = 8192
 
