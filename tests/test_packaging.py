@@ -31,18 +31,37 @@ def test_pyproject_installs_every_package_and_no_top_level_kernels():
     assert setuptools["package-dir"] == {"fastprod.kernels": "kernels"}
 
 
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import in the file at `path`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def sources(*tops: str) -> list[Path]:
+    """The .py files under the given top-level folders (not through the local link fastprod/kernels)."""
+    return [path for top in tops for path in sorted((ROOT / top).rglob("*.py"))
+            if not path.relative_to(ROOT).as_posix().startswith("fastprod/kernels/")]
+
+
 def test_no_source_imports_the_top_level_kernels():
-    offenders = []
-    for top in SOURCE_DIRS:
-        for path in sorted((ROOT / top).rglob("*.py")):
-            if "fastprod/kernels" in path.relative_to(ROOT).as_posix():
-                continue  # the local link to kernels/: those files are checked once, under kernels/
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
-                offenders += [f"{path.relative_to(ROOT)}:{node.lineno}" for n in names
-                              if n == "kernels" or n.startswith("kernels.")]
+    offenders = [f"{path.relative_to(ROOT)}:{line}" for path in sources(*SOURCE_DIRS)
+                 for line, module in imported_modules(path) if module == "kernels" or module.startswith("kernels.")]
     assert not offenders, f"import fastprod.kernels..., not kernels...: {offenders}"
+
+
+def test_kernels_import_no_fastprod_layer_above_them():
+    """Dependencies point one way: fastprod.losses imports the kernels; the kernels import from fastprod only
+    themselves and fastprod.config (the lowest layer)."""
+    offenders = [f"{path.relative_to(ROOT)}:{line} {module}" for path in sources("kernels")
+                 for line, module in imported_modules(path)
+                 if module.split(".")[:2] not in (["fastprod", "config"], ["fastprod", "kernels"])
+                 and module.split(".")[0] == "fastprod"]
+    assert not offenders, offenders
 
 
 SHADOWED = """
