@@ -134,8 +134,10 @@ class ScheduleConfig:
 
 @dataclass
 class LossConfig:
-    """The training loss (seed sections 2-3): cross entropy or symmetric cross entropy
-    (alpha * CE + beta * RCE, RCE = -A (1 - p_y)), with optional label smoothing.
+    """The training loss: cross entropy or symmetric cross entropy (alpha * CE + beta * RCE,
+    RCE = -A (1 - p_y); seed section 3), with optional label smoothing (seed section 2). Each name is one
+    registered class in `fastprod.losses`, which refuses a name it does not know, or an impl (path) that
+    does not implement the named loss.
     A defaults to ln(1e-4) = -9.21, what the official SCE code's label clamp gives (the paper's text: -4).
     beta defaults to 0.1 (the official CIFAR-100 setting): the SCE gradient is the CE gradient times
     (alpha + beta * (-A) * p_y), so beta = 1 with A = -9.21 multiplies the step by up to ~10x; on the

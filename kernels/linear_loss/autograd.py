@@ -1,5 +1,6 @@
 """`linear_cross_entropy`: the recipe's classifier head (features [B, D] -> 50,030 classes) and its loss
-(CE / label smoothing / SCE, O2U weights) in one op that never holds the [B, C] logits.
+(CE with label smoothing, seed section 2; SCE with O2U per-sample weights, seed section 3) in one op that
+never holds the [B, C] logits.
 
 Forward: the backend gives the log-sum-exp per row; z_y = x . w_y + b_y and sum_k z_k = x . sum_k w_k + sum_k b_k
 are cheap [B, D] products, so the per-sample loss follows (`fastprod.kernels.common`). Backward: the backend

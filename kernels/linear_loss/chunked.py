@@ -1,8 +1,8 @@
-"""The CPU path of the fused classifier head + loss (recipe: the 50,030-class head with SCE / smoothing /
-O2U weights), in torch, one block of classes at a time: the [B, C] logits never exist, only a [B, chunk]
-block. Forward: a running log-sum-exp over class blocks. Backward: each block's logits are recomputed
-(as Cut Cross-Entropy does), turned into their gradient in place, and give dW and db of that block
-directly and their share of dX.
+"""The CPU path of the fused classifier head + loss (recipe: the 50,030-class head with label smoothing, seed
+section 2, and SCE and O2U per-sample weights, seed section 3), in torch, one block of classes at a time: the
+[B, C] logits never exist, only a [B, chunk] block. Forward: a running log-sum-exp over class blocks.
+Backward: each block's logits are recomputed (as Cut Cross-Entropy does), turned into their gradient in
+place, and give dW and db of that block directly and their share of dX.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""`fused_loss`: the recipe's training loss (CE / label smoothing / SCE, O2U weights) as one fused
-row-wise pass with the gradient computed in the forward (Liger-style), for logits already in memory.
+"""`fused_loss`: the recipe's training loss (CE with label smoothing, seed section 2; SCE with O2U per-sample
+weights, seed section 3) as one fused row-wise pass with the gradient computed in the forward (Liger-style),
+for logits already in memory.
 
 The forward writes d(mean loss)/d logits into a buffer; the backward only scales it by the incoming
 gradient. With `inplace_backward=True` that buffer is the logits tensor itself (no extra [B, C]

@@ -1,4 +1,5 @@
-"""The fused row-wise loss as a Triton kernel (recipe: CE, label smoothing, SCE and O2U weights in one pass).
+"""The fused row-wise loss as a Triton kernel (recipe: CE and label smoothing, seed section 2;
+SCE and O2U per-sample weights, seed section 3; in one pass).
 
 One program per row. Pass 1 streams the row once for the online log-sum-exp, the sum of logits
 (label smoothing) and z_y, and writes the weighted per-sample loss and the unweighted CE. Pass 2
