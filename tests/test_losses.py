@@ -1,6 +1,7 @@
 """The plain torch losses against torch's own ops and float64 formulas, gradients included; the loss registry."""
 
 import math
+import typing
 
 import pytest
 import torch
@@ -102,9 +103,13 @@ def test_ce_is_the_true_ce_whatever_the_weight(impl):
 
 
 def test_every_loss_is_registered_with_the_paths_that_implement_it():
+    """The registry knows exactly the names and paths a config file may choose (LossConfig's Literals)."""
     from fastprod.losses import LOSSES, PATHS
 
     assert {name: set(cls.impls) for name, cls in LOSSES.items()} == {"ce": set(PATHS), "sce": set(PATHS)}
+    hints = typing.get_type_hints(LossConfig)
+    assert set(typing.get_args(hints["name"])) == LOSSES.keys()
+    assert set(typing.get_args(hints["impl"])) == PATHS.keys()
 
 
 def test_an_unknown_loss_name_is_a_config_error():
