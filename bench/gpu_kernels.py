@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-from fastprod.losses.reference import reference_loss
-from kernels import fused_loss, linear_cross_entropy
+from fastprod.kernels import fused_loss, linear_cross_entropy
+from fastprod.kernels.common import inv_valid_count
+from fastprod.kernels.reference import LossParams, reference_loss
+from fastprod.kernels.row_loss.triton import row_loss_triton
 from results import write_json
-from kernels.common import LossParams, inv_valid_count
-from kernels.row_loss.triton import row_loss_triton
 
 LOSS = dict(alpha=1.0, beta=0.1, smoothing=0.1)  # SCE with label smoothing: every term of the kernels
 FAILURES: list[str] = []
@@ -76,7 +76,7 @@ def row_loss_bench(batch: int, classes: int, copy_bw: float) -> list[dict]:
     compiled_loss = torch.compile(lambda z, t, w: reference_loss(z, t, weights=w, **LOSS))
     compiled = autograd_step(compiled_loss)
     triton_step = autograd_step(lambda z, t, w: fused_loss(z, t, weights=w, impl="triton", **LOSS))
-    p = LossParams(LOSS["smoothing"], LOSS["alpha"], LOSS["beta"])
+    p = LossParams(**LOSS)
     inv_n, grad_out = inv_valid_count(target, p, torch.float32), torch.empty_like(logits)
 
     def kernel():  # writes the preallocated grad_out: nothing returned beyond the inputs

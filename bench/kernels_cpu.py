@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastprod.losses.reference import reference_loss
-from kernels import linear_cross_entropy
+from fastprod.kernels import linear_cross_entropy
+from fastprod.kernels.reference import reference_loss
 from results import write_json
 
 LOSS = dict(alpha=1.0, beta=0.1)  # the config's SCE defaults

@@ -23,6 +23,12 @@ class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names the dotted key."""
 
 
+# SCE's A (RCE = -A (1 - p_y), the log the clamped one-hot label gives a zero; seed section 3): the official
+# code clamps labels to [1e-4, 1], so A = ln(1e-4) = -9.21 (loss.sce_A's default); the paper's text uses -4.
+A_OFFICIAL = math.log(1e-4)
+A_PAPER = -4.0
+
+
 @dataclass
 class AugmentConfig:
     """The recipe's training augmentations (seed sections 1-2): random-sized crop, rotation,
@@ -128,8 +134,10 @@ class ScheduleConfig:
 
 @dataclass
 class LossConfig:
-    """The training loss (seed sections 2-3): cross entropy or symmetric cross entropy
-    (alpha * CE + beta * RCE, RCE = -A (1 - p_y)), with optional label smoothing.
+    """The training loss: cross entropy or symmetric cross entropy (alpha * CE + beta * RCE,
+    RCE = -A (1 - p_y); seed section 3), with optional label smoothing (seed section 2). Each name is one
+    registered class in `fastprod.losses`, which refuses a name it does not know, or an impl (path) that
+    does not implement the named loss.
     A defaults to ln(1e-4) = -9.21, what the official SCE code's label clamp gives (the paper's text: -4).
     beta defaults to 0.1 (the official CIFAR-100 setting): the SCE gradient is the CE gradient times
     (alpha + beta * (-A) * p_y), so beta = 1 with A = -9.21 multiplies the step by up to ~10x; on the
@@ -139,7 +147,7 @@ class LossConfig:
     label_smoothing: float = 0.0
     sce_alpha: float = 1.0
     sce_beta: float = 0.1
-    sce_A: float = -9.210340371976182
+    sce_A: float = A_OFFICIAL
     # fused: kernels/ row-wise loss over the logits (Triton on GPU, chunked torch on CPU); fused_linear: the
     # classifier head and the loss in one op that never holds the [B, C] logits (for 10^4-10^5 classes)
     impl: Literal["fused", "fused_linear", "reference"] = "reference"

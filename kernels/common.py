@@ -1,4 +1,5 @@
-"""The per-row algebra shared by every fused path of the recipe's losses (seed sections 2-3).
+"""The per-row algebra shared by every fused path of the recipe's loss family (`reference.LossParams`): label
+smoothing e (seed section 2), SCE's alpha, beta and A and the O2U per-sample weights w_i (seed section 3).
 
 Each path reduces a row of logits z (C classes, target y) to three numbers: lse = log sum_k exp z_k,
 z_y and sum_k z_k. From them, with ce = lse - z_y and p_y = exp(-ce):
@@ -14,27 +15,9 @@ weight 0 still has a CE, as in `reference_loss` and the Triton row kernel), and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from fastprod.losses.reference import A_OFFICIAL
-
-
-@dataclass(frozen=True)
-class LossParams:
-    """alpha * CE_smoothing + beta * RCE with RCE = -A (1 - p_y); alpha=1, beta=0 is plain (smoothed) CE."""
-
-    smoothing: float = 0.0
-    alpha: float = 1.0
-    beta: float = 0.0
-    A: float = A_OFFICIAL
-    ignore_index: int = -100
-
-    @property
-    def rce_scale(self) -> float:
-        """beta * (-A): the RCE term is rce_scale * (1 - p_y)."""
-        return self.beta * -self.A
+from fastprod.kernels.reference import LossParams
 
 
 def row_weights(target: torch.Tensor, weights: torch.Tensor | None, p: LossParams, dtype: torch.dtype) -> torch.Tensor:

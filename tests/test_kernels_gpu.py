@@ -11,8 +11,8 @@ import torch
 
 import test_kernels_linear_loss as linear
 import test_kernels_row_loss as row
-from fastprod.losses.reference import LossOutput
-from kernels import fused_loss, linear_cross_entropy
+from fastprod.kernels import fused_loss, linear_cross_entropy
+from fastprod.kernels.reference import LossOutput
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (CPU CI runs these kernels in the Triton interpreter)")

@@ -10,8 +10,8 @@ from functools import partial
 import pytest
 import torch
 
-from fastprod.losses.reference import A_OFFICIAL, A_PAPER
-from kernels import linear_cross_entropy
+from fastprod.config import A_OFFICIAL, A_PAPER
+from fastprod.kernels import linear_cross_entropy
 from test_kernels_row_loss import true_ce
 
 # (rows, dim, classes, bias, smoothing, alpha, beta, A, weighted, ignored rows, rows of weight 0);
@@ -27,7 +27,7 @@ CASES = [
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     """Blocks of 256 classes in the chunked path, so every case spans many blocks (and a partial last one)."""
-    monkeypatch.setattr("kernels.linear_loss.chunked.BLOCK_ELEMENTS", 1024)
+    monkeypatch.setattr("fastprod.kernels.linear_loss.chunked.BLOCK_ELEMENTS", 1024)
 
 
 def make_case(rows: int, dim: int, classes: int, bias: bool, weighted: bool, ignored: list[int], seed: int = 0,
@@ -112,8 +112,8 @@ COMMON_SIGNATURE = {"n_rows": "i32", "n_classes": "i32", "dim": "i32", "stride_x
 @pytest.mark.parametrize("capability", [80, 90])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_triton_kernels_compile_for_gpu(capability, dtype):
-    from kernels.gpu_compile import compile_for_gpu
-    from kernels.linear_loss.triton import BLOCKS, NUM_WARPS, linear_grad_kernel, linear_lse_kernel
+    from fastprod.kernels.gpu_compile import compile_for_gpu
+    from fastprod.kernels.linear_loss.triton import BLOCKS, NUM_WARPS, linear_grad_kernel, linear_lse_kernel
 
     tensors = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": f"*{dtype}"}
     constexprs = dict(BLOCKS, HAS_BIAS=True, INPUT_PRECISION="ieee" if dtype == "fp32" else "tf32")
@@ -133,10 +133,9 @@ def interpreter_main() -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
     from test_kernels_row_loss import poison_allocations
 
-    from kernels.common import LossParams
-    from kernels.linear_loss.autograd import LinearBackend, LinearLossFunction
-    from kernels.linear_loss.triton import linear_grads_triton, linear_lse_triton
-    from fastprod.losses.reference import LossOutput
+    from fastprod.kernels.linear_loss.autograd import LinearBackend, LinearLossFunction
+    from fastprod.kernels.linear_loss.triton import linear_grads_triton, linear_lse_triton
+    from fastprod.kernels.reference import LossOutput, LossParams
 
     poison_allocations()
 

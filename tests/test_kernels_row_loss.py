@@ -12,9 +12,9 @@ import sys
 import pytest
 import torch
 
-from fastprod.config import LossConfig
+from fastprod.config import A_OFFICIAL, A_PAPER, LossConfig
+from fastprod.kernels.reference import reference_loss
 from fastprod.losses import create_loss
-from fastprod.losses.reference import A_OFFICIAL, A_PAPER, reference_loss
 
 # (rows, classes, smoothing, alpha, beta, A, weighted, ignored rows, rows of weight 0); other weights are in (0, 2)
 CASES = [
@@ -29,7 +29,7 @@ CASES = [
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     """Blocks of a few rows in the chunked path (one row for C >= 2000), so every case spans several."""
-    monkeypatch.setattr("kernels.row_loss.chunked.CHUNK_ELEMENTS", 2000)
+    monkeypatch.setattr("fastprod.kernels.row_loss.chunked.CHUNK_ELEMENTS", 2000)
 
 
 def make_case(rows: int, classes: int, weighted: bool, ignored: list[int], seed: int = 0, zero_weight: list[int] = ()):
@@ -75,20 +75,20 @@ def check_against_reference(fn, case, dtype: torch.dtype, tol: float, **extra) -
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-C{c[1]}-e{c[2]}-b{c[4]}")
 def test_torch_path_matches_reference_in_float64(case):
-    from kernels import fused_loss
+    from fastprod.kernels import fused_loss
 
     check_against_reference(fused_loss, case, torch.float64, 1e-10)
 
 
 @pytest.mark.parametrize("inplace", [False, True])
 def test_torch_path_bf16_logits(inplace):
-    from kernels import fused_loss
+    from fastprod.kernels import fused_loss
 
     check_against_reference(fused_loss, CASES[2], torch.bfloat16, 5e-2, inplace_backward=inplace)
 
 
 def test_inplace_backward_reuses_the_logits_and_guards_saved_logits():
-    from kernels import fused_loss
+    from fastprod.kernels import fused_loss
 
     logits, target, weights = make_case(4, 33, True, [1])
     z = logits.clone().requires_grad_()
@@ -105,7 +105,7 @@ def test_inplace_backward_reuses_the_logits_and_guards_saved_logits():
 
 
 def test_no_gradient_buffer_without_grad():
-    from kernels import fused_loss
+    from fastprod.kernels import fused_loss
 
     logits, target, _ = make_case(3, 50, False, [])
     before = logits.clone()
@@ -148,8 +148,8 @@ ROW_SIGNATURE = {
 @pytest.mark.parametrize("capability", [80, 90])
 @pytest.mark.parametrize("dtype, grad", [("fp32", True), ("bf16", True), ("fp16", False)])
 def test_triton_kernel_compiles_for_gpu(capability, dtype, grad):
-    from kernels.gpu_compile import compile_for_gpu
-    from kernels.row_loss.triton import launch_config, row_loss_kernel
+    from fastprod.kernels.gpu_compile import compile_for_gpu
+    from fastprod.kernels.row_loss.triton import launch_config, row_loss_kernel
 
     block, num_warps = launch_config(50030)
     signature = {k: v.format(t=dtype) for k, v in ROW_SIGNATURE.items()}
@@ -174,7 +174,7 @@ def interpreter_main() -> None:
     """Run under TRITON_INTERPRET=1: every case through the Triton kernel in float32, on CPU tensors."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
     poison_allocations()
-    from kernels import fused_loss
+    from fastprod.kernels import fused_loss
 
     for case in CASES:
         check_against_reference(lambda *a, **k: fused_loss(*a, impl="triton", **k), case, torch.float32, 2e-5)

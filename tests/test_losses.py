@@ -1,14 +1,15 @@
-"""The plain torch losses against torch's own ops and float64 formulas, gradients included."""
+"""The plain torch losses against torch's own ops and float64 formulas, gradients included; the loss registry."""
 
 import math
+import typing
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fastprod.config import LossConfig
+from fastprod.config import A_OFFICIAL, A_PAPER, ConfigError, LossConfig
+from fastprod.kernels.reference import LossParams
 from fastprod.losses import create_loss, reference_loss
-from fastprod.losses.reference import A_OFFICIAL, A_PAPER
 
 
 def inputs(b=9, c=13, seed=0):
@@ -99,3 +100,46 @@ def test_ce_is_the_true_ce_whatever_the_weight(impl):
     torch.testing.assert_close(out.loss, (weights * ce).sum() / valid.sum())
     dz = (z.softmax(-1) - F.one_hot(y, 7)) * torch.where(valid, weights, 0.0)[:, None] / valid.sum()
     torch.testing.assert_close(x.grad, dz @ head)
+
+
+def test_every_loss_is_registered_with_the_paths_that_implement_it():
+    """The registry knows exactly the names and paths a config file may choose (LossConfig's Literals)."""
+    from fastprod.losses import LOSSES, PATHS
+
+    assert {name: set(cls.impls) for name, cls in LOSSES.items()} == {"ce": set(PATHS), "sce": set(PATHS)}
+    hints = typing.get_type_hints(LossConfig)
+    assert set(typing.get_args(hints["name"])) == LOSSES.keys()
+    assert set(typing.get_args(hints["impl"])) == PATHS.keys()
+
+
+def test_an_unknown_loss_name_is_a_config_error():
+    with pytest.raises(ConfigError, match="loss.name: 'focal' is not a registered loss"):
+        create_loss(LossConfig(name="focal"))
+
+
+@pytest.fixture
+def reference_only_loss():
+    """A loss registered for the plain torch path only (unregistered after the test)."""
+    from fastprod.losses import LOSSES, Loss, register_loss
+
+    @register_loss
+    class ReferenceOnly(Loss):
+        name, impls = "reference_only", ("reference",)
+
+        @staticmethod
+        def params_from(cfg):
+            return LossParams(smoothing=cfg.label_smoothing)
+
+    yield ReferenceOnly
+    del LOSSES[ReferenceOnly.name]
+
+
+@pytest.mark.parametrize("impl", ["fused", "fused_linear", "triton"])
+def test_a_path_that_does_not_implement_the_loss_is_a_config_error(reference_only_loss, impl):
+    """A loss only the plain torch path computes is refused on every other `loss.impl`, never computed as
+    the alpha * CE + beta * RCE family the fused paths know."""
+    logits, target, _ = inputs()
+    out = create_loss(LossConfig(name="reference_only", label_smoothing=0.1))(logits, target)
+    torch.testing.assert_close(out.loss, F.cross_entropy(logits, target, label_smoothing=0.1))
+    with pytest.raises(ConfigError, match=f"loss.impl: '{impl}' does not implement loss.name 'reference_only'"):
+        create_loss(LossConfig(name="reference_only", impl=impl))

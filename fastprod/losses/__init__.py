@@ -1,11 +1,17 @@
-"""Losses of the recipe (seed sections 2-3), as plain torch: cross entropy, label smoothing and
-symmetric cross entropy, each with optional per-sample weights (O2U) and an ignore index.
+"""The recipe's training losses (seed sections 2-3), one small class per `loss.name` in a registry:
+`ce` (cross entropy with label smoothing, ce.py) and `sce` (symmetric cross entropy, sce.py), each with
+optional O2U per-sample weights and an ignore index.
 
-`create_loss(cfg)` returns a callable `(logits, target, weights=None) -> LossOutput`. The fused
-kernels in `kernels/` compute the same quantities and are tested against `reference_loss`.
+`create_loss(cfg)` returns a callable `(logits, target, weights=None) -> LossOutput` on the `loss.impl` path.
+The formulas and the fused kernels live in `fastprod.kernels` (`reference_loss` is the plain torch one);
+this package imports them, never the reverse.
 """
 
-from fastprod.losses.reference import LossOutput, reference_loss
+from fastprod.kernels.reference import LossOutput, reference_loss
+from fastprod.losses.ce import CrossEntropy
 from fastprod.losses.factory import create_loss
+from fastprod.losses.registry import LOSSES, PATHS, Loss, LossFn, register_loss
+from fastprod.losses.sce import SymmetricCrossEntropy
 
-__all__ = ["LossOutput", "create_loss", "reference_loss"]
+__all__ = ["LOSSES", "PATHS", "CrossEntropy", "Loss", "LossFn", "LossOutput", "SymmetricCrossEntropy",
+           "create_loss", "reference_loss", "register_loss"]

@@ -1,8 +1,9 @@
 """`linear_cross_entropy`: the recipe's classifier head (features [B, D] -> 50,030 classes) and its loss
-(CE / label smoothing / SCE, O2U weights) in one op that never holds the [B, C] logits.
+(CE with label smoothing, seed section 2; SCE with O2U per-sample weights, seed section 3) in one op that
+never holds the [B, C] logits.
 
 Forward: the backend gives the log-sum-exp per row; z_y = x . w_y + b_y and sum_k z_k = x . sum_k w_k + sum_k b_k
-are cheap [B, D] products, so the per-sample loss follows (`kernels.common`). Backward: the backend
+are cheap [B, D] products, so the per-sample loss follows (`fastprod.kernels.common`). Backward: the backend
 recomputes the logits block by block and accumulates dX, dW and db.
 """
 
@@ -14,9 +15,8 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from fastprod.losses.reference import A_OFFICIAL, LossOutput, reference_loss
-from kernels.common import (LossParams, grad_coefficients, inv_valid_count, row_losses, row_weights,
-                            safe_target)
+from fastprod.kernels.common import grad_coefficients, inv_valid_count, row_losses, row_weights, safe_target
+from fastprod.kernels.reference import LossOutput, LossParams, loss_params, reference_loss
 
 LinearImpl = Literal["auto", "triton", "chunked", "reference"]
 
@@ -29,10 +29,10 @@ class LinearBackend(NamedTuple):
 def linear_backend(impl: LinearImpl, device: torch.device) -> LinearBackend:
     """Triton tiles on CUDA (or on request), class-chunked torch otherwise."""
     if impl == "triton" or (impl == "auto" and device.type == "cuda"):
-        from kernels.linear_loss.triton import linear_grads_triton, linear_lse_triton
+        from fastprod.kernels.linear_loss.triton import linear_grads_triton, linear_lse_triton
 
         return LinearBackend(linear_lse_triton, linear_grads_triton)
-    from kernels.linear_loss.chunked import linear_grads_torch, linear_lse_torch
+    from fastprod.kernels.linear_loss.chunked import linear_grads_torch, linear_lse_torch
 
     return LinearBackend(linear_lse_torch, linear_grads_torch)
 
@@ -66,17 +66,16 @@ class LinearLossFunction(torch.autograd.Function):
 
 
 def linear_cross_entropy(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         target: torch.Tensor, *, weights: torch.Tensor | None = None, smoothing: float = 0.0,
-                         alpha: float = 1.0, beta: float = 0.0, A: float = A_OFFICIAL, ignore_index: int = -100,
-                         impl: LinearImpl = "auto") -> LossOutput:
-    """`reference_loss(F.linear(features, weight, bias), target, ...)` without the [B, C] logits:
-    Triton on CUDA, class-chunked torch elsewhere; impl="reference" runs exactly that naive expression."""
+                         target: torch.Tensor, *, weights: torch.Tensor | None = None,
+                         params: LossParams | None = None, impl: LinearImpl = "auto", **terms: float) -> LossOutput:
+    """`reference_loss(F.linear(features, weight, bias), target, ...)` without the [B, C] logits, for `params`
+    or the LossParams of the keyword `terms` (smoothing, alpha, beta, A, ignore_index): Triton on CUDA,
+    class-chunked torch elsewhere; impl="reference" runs exactly that naive expression."""
+    p = loss_params(params, terms)
     if impl == "reference":
-        return reference_loss(F.linear(features, weight, bias), target, weights=weights, smoothing=smoothing,
-                              alpha=alpha, beta=beta, A=A, ignore_index=ignore_index)
+        return reference_loss(F.linear(features, weight, bias), target, weights=weights, params=p)
     if features.dtype != weight.dtype:
         raise ValueError(f"features ({features.dtype}) and weight ({weight.dtype}) must share a dtype")
-    p = LossParams(smoothing, alpha, beta, A, ignore_index)
     loss, per_sample, ce = LinearLossFunction.apply(features, weight, bias, target, weights, p,
                                                     linear_backend(impl, features.device))
     return LossOutput(loss, per_sample, ce)

@@ -1,15 +1,15 @@
-"""The CPU path of the fused classifier head + loss (recipe: the 50,030-class head with SCE / smoothing /
-O2U weights), in torch, one block of classes at a time: the [B, C] logits never exist, only a [B, chunk]
-block. Forward: a running log-sum-exp over class blocks. Backward: each block's logits are recomputed
-(as Cut Cross-Entropy does), turned into their gradient in place, and give dW and db of that block
-directly and their share of dX.
+"""The CPU path of the fused classifier head + loss (recipe: the 50,030-class head with label smoothing, seed
+section 2, and SCE and O2U per-sample weights, seed section 3), in torch, one block of classes at a time: the
+[B, C] logits never exist, only a [B, chunk] block. Forward: a running log-sum-exp over class blocks.
+Backward: each block's logits are recomputed (as Cut Cross-Entropy does), turned into their gradient in
+place, and give dW and db of that block directly and their share of dX.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels.common import grad_from_logits_
+from fastprod.kernels.common import grad_from_logits_
 
 BLOCK_ELEMENTS = 1 << 19  # a [B, chunk] float32 block of about 2 MiB (bench/kernels_cpu.py: 13x less than naive)
 
@@ -38,7 +38,7 @@ def linear_lse_torch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -
 def linear_grads_torch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, target: torch.Tensor,
                        lse: torch.Tensor, coefs: tuple[torch.Tensor, ...], needs: tuple[bool, bool, bool],
                        ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(dX, dW, db) for dz = s p - t [k == y] - u (`kernels.common`), each only where `needs` says so."""
+    """(dX, dW, db) for dz = s p - t [k == y] - u (`fastprod.kernels.common`), each only where `needs` says so."""
     acc = lse.dtype
     dx = torch.zeros(x.shape, dtype=acc, device=x.device) if needs[0] else None
     dw = torch.empty_like(w) if needs[1] else None

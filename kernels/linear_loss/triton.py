@@ -1,9 +1,10 @@
-"""The fused classifier head + loss as Triton kernels (GPU path; recipe: the 50,030-class head with SCE,
-label smoothing and O2U weights). Tiles of [BLOCK_B rows, BLOCK_C classes] are computed with tl.dot and
-never stored: the forward writes each tile's row max and sum of exponentials (combined on the host into
-the log-sum-exp), the backward recomputes the tile, turns it into dz (`kernels.common` algebra) and
-atomically adds its shares of dX, dW and db into float32 buffers (as Cut Cross-Entropy does), one
-chunk of classes per launch so the float32 buffer for dW never spans the whole head.
+"""The fused classifier head + loss as Triton kernels (GPU path; recipe: the 50,030-class head with label
+smoothing, seed section 2, and SCE and O2U per-sample weights, seed section 3). Tiles of [BLOCK_B rows,
+BLOCK_C classes] are computed with tl.dot and never stored: the forward writes each tile's row max and sum
+of exponentials (combined on the host into the log-sum-exp), the backward recomputes the tile, turns it
+into dz (`fastprod.kernels.common` algebra) and atomically adds its shares of dX, dW and db into float32
+buffers (as Cut Cross-Entropy does), one chunk of classes per launch so the float32 buffer for dW never
+spans the whole head.
 """
 
 from __future__ import annotations

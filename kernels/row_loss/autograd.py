@@ -1,5 +1,6 @@
-"""`fused_loss`: the recipe's training loss (CE / label smoothing / SCE, O2U weights) as one fused
-row-wise pass with the gradient computed in the forward (Liger-style), for logits already in memory.
+"""`fused_loss`: the recipe's training loss (CE with label smoothing, seed section 2; SCE with O2U per-sample
+weights, seed section 3) as one fused row-wise pass with the gradient computed in the forward (Liger-style),
+for logits already in memory.
 
 The forward writes d(mean loss)/d logits into a buffer; the backward only scales it by the incoming
 gradient. With `inplace_backward=True` that buffer is the logits tensor itself (no extra [B, C]
@@ -14,8 +15,8 @@ from typing import Literal
 
 import torch
 
-from fastprod.losses.reference import A_OFFICIAL, LossOutput
-from kernels.common import LossParams, inv_valid_count
+from fastprod.kernels.common import inv_valid_count
+from fastprod.kernels.reference import LossOutput, LossParams, loss_params
 
 RowImpl = Literal["auto", "triton", "torch"]
 RowBackend = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -24,10 +25,10 @@ RowBackend = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 def row_backend(impl: RowImpl, device: torch.device) -> RowBackend:
     """The Triton kernel for CUDA tensors (or on request), the chunked torch path otherwise."""
     if impl == "triton" or (impl == "auto" and device.type == "cuda"):
-        from kernels.row_loss.triton import row_loss_triton
+        from fastprod.kernels.row_loss.triton import row_loss_triton
 
         return row_loss_triton
-    from kernels.row_loss.chunked import row_loss_torch
+    from fastprod.kernels.row_loss.chunked import row_loss_torch
 
     return row_loss_torch
 
@@ -57,13 +58,14 @@ class RowLossFunction(torch.autograd.Function):
 
 
 def fused_loss(logits: torch.Tensor, target: torch.Tensor, *, weights: torch.Tensor | None = None,
-               smoothing: float = 0.0, alpha: float = 1.0, beta: float = 0.0, A: float = A_OFFICIAL,
-               ignore_index: int = -100, inplace_backward: bool = False, impl: RowImpl = "auto") -> LossOutput:
-    """`reference_loss` computed by one fused pass per row (Triton on CUDA, chunked torch elsewhere).
+               params: LossParams | None = None, inplace_backward: bool = False, impl: RowImpl = "auto",
+               **terms: float) -> LossOutput:
+    """`reference_loss` computed by one fused pass per row (Triton on CUDA, chunked torch elsewhere), for
+    `params` or the LossParams of the keyword `terms` (smoothing, alpha, beta, A, ignore_index).
 
     inplace_backward=True overwrites `logits` with their gradient during the forward: only for callers
     that never read the logits again (a training step that only backpropagates the loss)."""
-    p = LossParams(smoothing, alpha, beta, A, ignore_index)
+    p = loss_params(params, terms)
     backend = row_backend(impl, logits.device)
     loss, per_sample, ce = RowLossFunction.apply(logits, target, weights, p, inplace_backward, backend)
     return LossOutput(loss, per_sample, ce)

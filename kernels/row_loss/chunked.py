@@ -1,4 +1,5 @@
-"""The CPU path of the fused row-wise loss (recipe: SCE / label smoothing / O2U weights in one pass).
+"""The CPU path of the fused row-wise loss (recipe: label smoothing, seed section 2;
+SCE and O2U per-sample weights, seed section 3; in one pass).
 
 The same algebra as the Triton kernel, in torch, a block of rows at a time, so that at most one
 float32 block of rows exists beside the logits (and none when the gradient overwrites float32 logits).
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.common import LossParams, grad_coefficients, grad_from_logits_, row_losses, row_weights, safe_target
+from fastprod.kernels.common import grad_coefficients, grad_from_logits_, row_losses, row_weights, safe_target
+from fastprod.kernels.reference import LossParams
 
 CHUNK_ELEMENTS = 1 << 21  # rows per block: about 8 MiB of float32 logits
 

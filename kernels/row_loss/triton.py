@@ -1,10 +1,11 @@
-"""The fused row-wise loss as a Triton kernel (recipe: CE, label smoothing, SCE and O2U weights in one pass).
+"""The fused row-wise loss as a Triton kernel (recipe: CE and label smoothing, seed section 2;
+SCE and O2U per-sample weights, seed section 3; in one pass).
 
 One program per row. Pass 1 streams the row once for the online log-sum-exp, the sum of logits
 (label smoothing) and z_y, and writes the weighted per-sample loss and the unweighted CE. Pass 2
 (only when a gradient is wanted) streams it again and writes d(mean loss)/dz, which may overwrite the
 logits themselves (Liger-style in-place backward). Logits may be fp32/bf16/fp16; math is in fp32.
-The algebra is `kernels.common`'s.
+The algebra is `fastprod.kernels.common`'s.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import LossParams
+from fastprod.kernels.reference import LossParams
 
 MAX_BLOCK = 8192
 
@@ -78,7 +79,7 @@ def launch_config(n_classes: int) -> tuple[int, int]:
 
 def row_loss_triton(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, inv_n: torch.Tensor,
                     p: LossParams, grad_out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as `kernels.row_loss.chunked.row_loss_torch`; per-sample outputs are float32."""
+    """Same contract as `fastprod.kernels.row_loss.chunked.row_loss_torch`; per-sample outputs are float32."""
     n_rows, n_classes = logits.shape
     if logits.stride(1) != 1 or (grad_out is not None and grad_out.stride(1) != 1):
         raise ValueError("row_loss_triton needs logits (and grad_out) with contiguous rows")

@@ -1,0 +1,54 @@
+"""The loss registry (timm style): one small `Loss` class per `loss.name`, registered with `@register_loss`,
+each declaring the `loss.impl` paths that compute it; `create_loss` (factory.py) builds the configured one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import ClassVar
+
+from fastprod.config import LossConfig
+from fastprod.kernels import fused_loss, linear_cross_entropy
+from fastprod.kernels.reference import LossOutput, LossParams, reference_loss
+
+LossFn = Callable[..., LossOutput]
+
+# loss.impl -> the function that computes a loss of the `LossParams` family on that path
+PATHS: dict[str, LossFn] = {
+    "reference": reference_loss,  # (logits, target, weights=None): the plain torch formulas
+    "fused": fused_loss,  # (logits, target, weights=None, inplace_backward=False): one fused pass per row
+    "fused_linear": linear_cross_entropy,  # (features, head_weight, head_bias, target, weights=None): no logits
+}
+
+
+class Loss:
+    """A training loss: its `loss.name`, the `loss.impl` paths that implement it, and its numbers, taken once
+    from the config as the `LossParams` every path reads. Each takes the O2U per-sample weights (seed
+    section 3) as `weights=`."""
+
+    name: ClassVar[str]
+    impls: ClassVar[tuple[str, ...]]
+
+    def __init__(self, cfg: LossConfig) -> None:
+        self.params = self.params_from(cfg)
+
+    @staticmethod
+    def params_from(cfg: LossConfig) -> LossParams:
+        raise NotImplementedError
+
+    def path(self, impl: str) -> LossFn:
+        """This loss as computed by `impl` (one of `impls`), its numbers bound."""
+        return partial(PATHS[impl], params=self.params)
+
+
+LOSSES: dict[str, type[Loss]] = {}
+
+
+def register_loss(cls: type[Loss]) -> type[Loss]:
+    """Class decorator: make `cls` the loss of `loss.name: <cls.name>`."""
+    if cls.name in LOSSES:
+        raise ValueError(f"loss {cls.name!r} is registered twice ({LOSSES[cls.name].__name__}, {cls.__name__})")
+    if unknown := set(cls.impls) - PATHS.keys():
+        raise ValueError(f"loss {cls.name!r} names unknown paths {sorted(unknown)} (known: {list(PATHS)})")
+    LOSSES[cls.name] = cls
+    return cls
