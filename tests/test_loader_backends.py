@@ -26,7 +26,7 @@ pytest.importorskip("ffcv")
 from fastprod.config import AugmentConfig, DataConfig  # noqa: E402
 from fastprod.data.augment import MEAN, STD  # noqa: E402
 from fastprod.data.ffcv_writer import write_beton  # noqa: E402
-from fastprod.data.loaders import augparams as ap  # noqa: E402
+from fastprod.data import augmentations as ap  # noqa: E402
 from fastprod.data.loaders import create_loader  # noqa: E402
 from fastprod.data.manifest import Manifest  # noqa: E402
 from fastprod.data.prepare import prepare  # noqa: E402

@@ -6,20 +6,22 @@ traversal order with the PIL backend's: `sampler.epoch_batches` for (seed, epoch
 from `batches_done` on. FFCV cuts that order into batches of `batch_size` (all full but the last of an
 eval epoch), so a resumed loader yields exactly the remaining batches.
 
-Augmentation randomness: FFCV's own random operators draw from numba's unseeded per-thread RNG, so
-the ones here are seeded per sample from (seed, epoch, index) (`augparams`, compiled with numba; the
-same parameters as the DALI backend's). The epoch is not a compile-time constant: every operation
-reads (seed, epoch) from a small array the loader owns, through its address (one memcpy per batch).
+Augmentations (seed sections 1-2): FFCV's own random operators draw from numba's unseeded per-thread
+RNG, so the ones here are seeded per sample from (seed, epoch, index) (`fastprod.data.augmentations`,
+compiled with numba; the same parameters as the DALI backend's). The epoch is not a compile-time
+constant: every operation reads (seed, epoch) from a small array the loader owns, through its address
+(one memcpy per batch).
 
-Operations (train; module-level classes in `ffcv_ops`): `SeededRandomResizedCrop`, a RandomResizedCropRGBImageDecoder that decodes the
-JPEG at a reduced DCT scale (1/2, 1/4, 1/8) whenever the crop is still at least the output size there,
-then resizes bilinearly (under 2x, where bilinear needs no antialiasing; 2-3x cheaper than FFCV's
-INTER_AREA resize). By default (`FFCVLoader.FUSE_GEOMETRY`) it also applies the flip and, for samples
-that draw rotation or perspective, resamples once from the decoded crop straight to the output through
-the composed map instead of resize -> flip -> warp; with it off, `SeededFlip` and `SeededWarp` (one
-bilinear warp at the output size for rotation + perspective, mean-colour fill) run as separate FFCV
-operations -- the reference the fused decoder is tested against. Then `SeededCutout` and ToTensor; the
-uint8 NHWC batch is normalised by torch on the training device. Eval: CenterCropRGBImageDecoder's
+The pipeline (train) is the list of `augmentations.stages`, as module-level FFCV operations
+(`ffcv_ops`): the crop is the decoder `SeededRandomResizedCrop`, which decodes the JPEG at a reduced
+DCT scale (1/2, 1/4, 1/8) whenever the crop is still at least the output size there, then resizes
+bilinearly (under 2x, where bilinear needs no antialiasing; 2-3x cheaper than FFCV's INTER_AREA
+resize). By default (`FFCVLoader.FUSE_GEOMETRY`) it also applies the flip and, for samples that draw
+rotation or perspective, resamples once from the decoded crop straight to the output through the
+composed map instead of resize -> flip -> warp; with it off, the flip and the warp (one bilinear
+warp at the output size for rotation + perspective, mean-colour fill) run as separate
+`SeededOperation`s -- the reference the fused decoder is tested against. Then cutout and ToTensor;
+the uint8 NHWC batch is normalised by torch on the training device. Eval: CenterCropRGBImageDecoder's
 window (centre square of side short/eval_resize) through the same decoder, so training without
 augmentation equals eval.
 An image that could not be read when the .beton was written is stored as a placeholder with ok=0;
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 
 from fastprod.config import DataConfig
+from fastprod.data import augmentations
 from fastprod.data.augment import normalize_on_device
 from fastprod.data.loaders.base import Batch, Loader
 from fastprod.data.manifest import SplitView
@@ -97,13 +100,11 @@ class FFCVLoader(Loader):
         check_beton(path, split)
         self.box = np.array([seed, 0], dtype=np.int64)  # (seed, epoch), read by the compiled operations
         size, aug = cfg.image_size, cfg.augment
-        if train:
-            ops = [ffcv_ops.SeededRandomResizedCrop(self.box, size, aug, fused=self.FUSE_GEOMETRY)]
-            if not self.FUSE_GEOMETRY:  # the same augmentation op by op (the reference the fused decoder is tested against)
-                ops += [ffcv_ops.SeededFlip(self.box, size, aug)] if aug.hflip_p > 0 else []
-                if (aug.rotation_p > 0 and aug.rotation_degrees > 0) or (aug.perspective_p > 0 and aug.perspective_distortion > 0):
-                    ops.append(ffcv_ops.SeededWarp(self.box, size, aug))
-            ops += [ffcv_ops.SeededCutout(self.box, size, aug)] if aug.cutout_p > 0 else []
+        if train:  # the crop is the decoder; each later stage an operation, unless the decoder fuses it
+            decoder = ffcv_ops.SeededRandomResizedCrop(self.box, size, aug, fused=self.FUSE_GEOMETRY)
+            fused = decoder.FUSES if self.FUSE_GEOMETRY else ()
+            ops = [decoder] + [ffcv_ops.SeededOperation(stage, self.box, size, aug)
+                               for stage in augmentations.stages(aug)[1:] if stage not in fused]
         else:  # CenterCropRGBImageDecoder's window, decoded and resized as in training
             ops = [ffcv_ops.SeededRandomResizedCrop(self.box, size, aug, eval_resize=cfg.eval_resize)]
         ints = lambda: [IntDecoder(), ToTensor()]  # noqa: E731

@@ -1,21 +1,23 @@
 """The FFCV backend's seeded operations (seed sections 1-2: augmentations), importable and testable on their own.
 
 Importing this module imports FFCV (`fastprod.data.loaders.ffcv` does so only when an FFCV loader is
-built). Every operation draws its sample's parameters from (seed, epoch, index): the seed and the
-epoch come from a 2-element int64 array the loader owns (`box`, read through its address, so a new
-epoch needs no recompilation), the index from FFCV. The per-sample work is numba-compiled
-(`augparams.jitted()` and the kernels below).
+built). Every operation draws its sample's uniforms from (seed, epoch, index) (`uniforms` below): the
+seed and the epoch come from a 2-element int64 array the loader owns (`box`, read through its address,
+so a new epoch needs no recompilation), the index from FFCV. The per-sample work is the augmentation
+modules' numba-compiled code (`fastprod.data.augmentations`, `jitted()`).
 
-- `SeededRandomResizedCrop`: the decoder; random-resized crop (or, with `eval_resize` > 0, the eval
-  centre window) decoded at a reduced DCT scale and resized bilinearly; with `fused`, the flip and the
-  rotation/perspective warp too, in one resampling.
-- `SeededFlip`, `SeededWarp`, `SeededCutout`: the same augmentations op by op (the reference the
-  fused decoder is tested against), and cutout.
+- `SeededRandomResizedCrop`: the decoder, the FFCV implementation of `augmentations.crop` (random-
+  resized crop, or with `eval_resize` > 0 the eval centre window, decoded at a reduced DCT scale and
+  resized bilinearly); with `fused`, also the stages it `FUSES` (flip, and the rotation/perspective
+  warp) in one resampling.
+- `SeededOperation(stage, ...)`: any other augmentation stage (`augmentations.stages`) as an FFCV
+  operation: its `ffcv_apply` per image of the decoded uint8 HWC batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from types import ModuleType
 
 import numpy as np
 from ffcv.fields.rgb_image import IMAGE_MODES, RandomResizedCropRGBImageDecoder
@@ -26,11 +28,12 @@ from ffcv.pipeline.operation import Operation
 from numba import njit
 
 from fastprod.config import AugmentConfig
+from fastprod.data import augmentations
 from fastprod.data.augment import MEAN_UINT8
-from fastprod.data.loaders import augparams as ap
+from fastprod.data.augmentations import core, crop, flip, warp
 
-_JIT = ap.jitted()
-_sample_seed, _N_UNIFORMS = _JIT["sample_seed"], ap.N_UNIFORMS
+_JIT = augmentations.jitted()
+_sample_seed, _N_UNIFORMS = _JIT[core.sample_seed], augmentations.N_UNIFORMS
 
 
 @njit
@@ -45,73 +48,13 @@ def uniforms(addr, index):
     return u
 
 
-@njit(fastmath=True, error_model="numpy")
-def warp_one(src, out, m, fill):
-    """out[y, x] = bilinear src at m @ (x, y, 1); the fill colour outside."""
-    hh, ww = src.shape[0], src.shape[1]
-    m = m.astype(np.float32)
-    for y in range(out.shape[0]):
-        bx, by, bz = m[0, 1] * y + m[0, 2], m[1, 1] * y + m[1, 2], m[2, 1] * y + m[2, 2]
-        for x in range(out.shape[1]):
-            inv = np.float32(1.0) / (m[2, 0] * x + bz)
-            sx, sy = (m[0, 0] * x + bx) * inv, (m[1, 0] * x + by) * inv
-            if sx >= 0 and sy >= 0 and sx < ww - 1 and sy < hh - 1:  # inside: no border tests
-                x0, y0 = int(sx), int(sy)
-                fx, fy = sx - x0, sy - y0
-                r0, r1 = src[y0], src[y0 + 1]
-                for c in range(3):
-                    t = r0[x0, c] + fx * (np.float32(r0[x0 + 1, c]) - r0[x0, c])
-                    b = r1[x0, c] + fx * (np.float32(r1[x0 + 1, c]) - r1[x0, c])
-                    out[y, x, c] = np.uint8(t + fy * (b - t) + 0.5)
-                continue
-            x0, y0 = int(np.floor(sx)), int(np.floor(sy))
-            fx, fy = sx - x0, sy - y0
-            for c in range(3):
-                v = np.float32(0.0)
-                for dy in range(2):
-                    for dx in range(2):
-                        yy, xx = y0 + dy, x0 + dx
-                        wgt = (fy if dy else 1 - fy) * (fx if dx else 1 - fx)
-                        v += wgt * (src[yy, xx, c] if 0 <= yy < hh and 0 <= xx < ww else fill[c])
-                out[y, x, c] = np.uint8(min(np.float32(255.0), max(np.float32(0.0), v + 0.5)))
-
-
-@njit(fastmath=True, error_model="numpy")
-def resize_one(src, top, left, h, w, out):
-    """Bilinear (pixel-centre aligned) resize of src[top:top+h, left:left+w] to out; the decoder's DCT
-    scaling keeps the reduction under 2x, where bilinear needs no antialiasing filter."""
-    oh, ow = out.shape[0], out.shape[1]
-    xs0, xs1, fxs = np.empty(ow, np.int64), np.empty(ow, np.int64), np.empty(ow, np.float32)
-    for x in range(ow):
-        sx = min(max((x + 0.5) * w / ow - 0.5, 0.0), w - 1.0)
-        x0 = int(sx)
-        xs0[x], xs1[x], fxs[x] = left + x0, left + min(x0 + 1, w - 1), sx - x0
-    for y in range(oh):
-        sy = min(max((y + 0.5) * h / oh - 0.5, 0.0), h - 1.0)
-        y0 = int(sy)
-        fy = np.float32(sy - y0)
-        r0, r1 = src[top + y0], src[top + min(y0 + 1, h - 1)]
-        for x in range(ow):
-            a, b, fx = xs0[x], xs1[x], fxs[x]
-            for c in range(3):
-                top_v = r0[a, c] + fx * (np.float32(r0[b, c]) - r0[a, c])
-                bot_v = r1[a, c] + fx * (np.float32(r1[b, c]) - r1[a, c])
-                out[y, x, c] = np.uint8(top_v + fy * (bot_v - top_v) + 0.5)
-
-
-@njit
-def cutout_one(out, top, left, h, w, fill):
-    for y in range(top, top + h):
-        for x in range(left, left + w):
-            for c in range(3):
-                out[y, x, c] = fill[c]
-
-
 class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
     """Random-resized crop from (seed, epoch, index); with `eval_resize` > 0 the centre window instead.
     With `fused`, also the flip and the rotation/perspective warp: a sample that draws a warp is
-    resampled once, from the decoded crop straight to the output (what SeededFlip -> SeededWarp
+    resampled once, from the decoded crop straight to the output (what the flip and warp operations
     do in two passes after the resize)."""
+
+    FUSES = (flip, warp)
 
     def __init__(self, box: np.ndarray, size: int, aug: AugmentConfig, *, fused: bool = False,
                  eval_resize: float = 0.0) -> None:
@@ -124,8 +67,9 @@ class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
     def generate_code(self):
         jpg, mem_read, my_range = IMAGE_MODES["jpg"], self.memory_read, Compiler.get_iterator()
         imdecode_c = Compiler.compile(imdecode)
-        crop_window, center_window, flips = _JIT["crop_window"], _JIT["center_window"], _JIT["flips"]
-        warp_matrix, matmul3 = _JIT["warp_matrix"], _JIT["_matmul3"]
+        crop_window, center_window, flips = _JIT[crop.crop_window], _JIT[crop.center_window], _JIT[flip.flips]
+        warp_matrix, matmul3, warp_one = _JIT[warp.warp_matrix], _JIT[core.matmul3], _JIT[warp.warp_one]
+        resize_one = _JIT[crop.resize_one]
         addr, aug, size, fill = self.box.ctypes.data, self.aug, self.size, np.array(MEAN_UINT8, dtype=np.uint8)
         (s_lo, s_hi), (r_lo, r_hi), (out_h, out_w) = self.scale, self.ratio, self.output_size
         center, eval_resize, fused = self.eval_resize > 0, self.eval_resize, self.fused
@@ -184,66 +128,25 @@ class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
         return decode
 
 
-class _Seeded(Operation):
-    """An in-place-shaped seeded operation on the decoded uint8 HWC batch."""
+class SeededOperation(Operation):
+    """An augmentation stage (`augmentations.stages`) on the decoded uint8 HWC batch: its numba-compiled
+    `ffcv_apply(image, out, uniforms, params)` per sample, `params` its `ffcv_params(size, aug)`."""
 
-    def __init__(self, box: np.ndarray, size: int, aug: AugmentConfig) -> None:
+    def __init__(self, stage: ModuleType, box: np.ndarray, size: int, aug: AugmentConfig) -> None:
         super().__init__()
-        self.box, self.size, self.aug = box, size, aug
+        self.stage, self.box, self.params = stage, box, stage.ffcv_params(size, aug)
 
     def declare_state_and_memory(self, previous_state):
         return replace(previous_state, jit_mode=True), AllocationQuery(previous_state.shape, previous_state.dtype)
 
-
-class SeededFlip(_Seeded):
     def generate_code(self):
-        my_range, p, addr, flips = Compiler.get_iterator(), self.aug.hflip_p, self.box.ctypes.data, _JIT["flips"]
+        my_range, addr, params = Compiler.get_iterator(), self.box.ctypes.data, self.params
+        apply = _JIT[self.stage.ffcv_apply]
 
-        def flip(images, dst, indices):
+        def seeded(images, dst, indices):
             for i in my_range(images.shape[0]):
-                if flips(uniforms(addr, indices[i]), p):
-                    dst[i] = images[i, :, ::-1]
-                else:
-                    dst[i] = images[i]
+                apply(images[i], dst[i], uniforms(addr, indices[i]), params)
             return dst
 
-        flip.is_parallel, flip.with_indices = True, True
-        return flip
-
-
-class SeededWarp(_Seeded):
-    """Rotation then perspective as one output -> input map, bilinear, constant mean-colour border."""
-
-    def generate_code(self):
-        my_range, aug, size, addr = Compiler.get_iterator(), self.aug, self.size, self.box.ctypes.data
-        rp, deg, pp, dist = aug.rotation_p, aug.rotation_degrees, aug.perspective_p, aug.perspective_distortion
-        warp_matrix, fill = _JIT["warp_matrix"], np.array(MEAN_UINT8, dtype=np.uint8)
-
-        def warp(images, dst, indices):
-            for i in my_range(images.shape[0]):
-                m, active = warp_matrix(uniforms(addr, indices[i]), size, rp, deg, pp, dist)
-                if active:
-                    warp_one(images[i], dst[i], m, fill)
-                else:
-                    dst[i] = images[i]
-            return dst
-
-        warp.is_parallel, warp.with_indices = True, True
-        return warp
-
-
-class SeededCutout(_Seeded):
-    def generate_code(self):
-        my_range, size, addr = Compiler.get_iterator(), self.size, self.box.ctypes.data
-        p, (lo, hi) = self.aug.cutout_p, self.aug.cutout_scale
-        cutout_box, fill = _JIT["cutout_box"], np.array(MEAN_UINT8, dtype=np.uint8)
-
-        def cutout(images, dst, indices):
-            for i in my_range(images.shape[0]):
-                dst[i] = images[i]
-                top, left, h, w = cutout_box(uniforms(addr, indices[i]), size, p, lo, hi)
-                cutout_one(dst[i], top, left, h, w, fill)
-            return dst
-
-        cutout.is_parallel, cutout.with_indices = True, True
-        return cutout
+        seeded.is_parallel, seeded.with_indices = True, True
+        return seeded
