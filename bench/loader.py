@@ -33,7 +33,8 @@ from torchvision.transforms import v2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastprod.config import DataConfig  # noqa: E402
-from fastprod.data.augment import normalize_on_device, train_ops  # noqa: E402
+from fastprod.data.augment import normalize_on_device  # noqa: E402
+from fastprod.data.augmentations import train_ops  # noqa: E402
 from fastprod.data.loaders import create_loader  # noqa: E402
 from fastprod.data.manifest import Manifest  # noqa: E402
 from results import write_json  # noqa: E402

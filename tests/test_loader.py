@@ -125,6 +125,17 @@ def test_augmentations_switch_on_and_off(dataset):
             torch.testing.assert_close(img, by_index[int(i)].flip(-1))
 
 
+def test_uniform_slots_follow_the_registered_declarations():
+    """Each augmentation's uniforms come right after those registered before it, none shared, none unused."""
+    from fastprod.data import augmentations
+
+    at = 0
+    for module in augmentations.AUGMENTATIONS:
+        assert module.FIRST == at, module.__name__
+        at += sum(module.UNIFORMS.values())
+    assert augmentations.N_UNIFORMS == at == len(augmentations.uniforms(0, 0, 0))
+
+
 def test_unreadable_image_is_quarantined_and_the_epoch_goes_on(dataset, tmp_path):
     split = dataset.split("train")
     victim = Path(split.paths[7])

@@ -26,7 +26,7 @@ pytest.importorskip("ffcv")
 from fastprod.config import AugmentConfig, DataConfig  # noqa: E402
 from fastprod.data.augment import MEAN, STD  # noqa: E402
 from fastprod.data.ffcv_writer import write_beton  # noqa: E402
-from fastprod.data.loaders import augparams as ap  # noqa: E402
+from fastprod.data import augmentations as ap  # noqa: E402
 from fastprod.data.loaders import create_loader  # noqa: E402
 from fastprod.data.manifest import Manifest  # noqa: E402
 from fastprod.data.prepare import prepare  # noqa: E402
@@ -244,3 +244,25 @@ def test_ffcv_fused_geometry_matches_the_op_by_op_pipeline(dataset, monkeypatch)
             torch.testing.assert_close(img, separate[i], atol=1e-5, rtol=0)
         else:  # one resampling instead of two: close, not equal
             assert (img - separate[i]).abs().mean() < 0.08, i
+
+
+def test_ffcv_operations_run_outside_a_loader():
+    """The module-level FFCV operations on a batch, without FFCV's pipeline: each image is flipped or cut
+    out exactly where its seeded parameters (seed, epoch, index) say."""
+    from fastprod.data.augment import MEAN_UINT8
+    from fastprod.data.augmentations import cutout, flip
+    from fastprod.data.loaders import ffcv_ops
+
+    box, epoch = np.array([SEED, 3], dtype=np.int64), 3
+    images = np.random.default_rng(0).integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8)
+    for stage in (flip, cutout):
+        run = ffcv_ops.SeededOperation(stage, box, SIZE, AugmentConfig(**SOME)).generate_code()
+        out = run(images, np.empty_like(images), np.arange(N))
+        for i in range(N):
+            u, expected = ap.uniforms(SEED, epoch, i), images[i].copy()
+            if stage is flip and ap.flips(u, 0.25):
+                expected = expected[:, ::-1]
+            if stage is cutout:
+                top, left, h, w = ap.cutout_box(u, SIZE, 0.25, 0.02, 0.2)
+                expected[top : top + h, left : left + w] = MEAN_UINT8
+            np.testing.assert_array_equal(out[i], expected)

@@ -2,19 +2,21 @@
 
 Order, sharding and resume are the PIL backend's: this rank's batches for the epoch come from
 `sampler.epoch_batches` and are fed to the pipeline through `fn.external_source` in that order, so a
-resumed loader just feeds the batches from `batches_done` on. Augmentation parameters are drawn per
-sample from (seed, epoch, index) in Python (`augparams`) and fed alongside the encoded bytes, because
-DALI's own random operators cannot be seeded per sample; this is also why the crop is
-`fn.decoders.image_slice` with an explicit window rather than `fn.decoders.image_random_crop` -- it
-is the same fused region-of-interest decode (only the window's rows/MCUs are decoded).
+resumed loader just feeds the batches from `batches_done` on. Augmentation parameters (seed sections
+1-2) are drawn per sample from (seed, epoch, index) in Python (`fastprod.data.augmentations`) and fed
+alongside the encoded bytes, because DALI's own random operators cannot be seeded per sample; this is
+also why the crop is `fn.decoders.image_slice` with an explicit window rather than
+`fn.decoders.image_random_crop` -- it is the same fused region-of-interest decode (only the window's
+rows/MCUs are decoded).
 
-Pipeline (train): image_slice (decode only the crop window; `mixed` = nvJPEG on the GPU, `cpu` =
-libjpeg-turbo, fast IDCT) -> resize to image_size (antialiased) -> flip -> one
+Pipeline (train): the list of `augmentations.stages`, each its `dali_feed` columns and its part of
+the graph (`dali_apply`): image_slice (decode only the crop window; `mixed` = nvJPEG on the GPU,
+`cpu` = libjpeg-turbo, fast IDCT) -> resize to image_size (antialiased) -> flip -> one
 `experimental.warp_perspective` at the output size for rotation and perspective together (one
-resampling; a DALI conditional runs it only on the samples that draw either; `warp_affine` would do for
-rotation alone, but perspective needs the 3x3 map) -> `erase` (cutout, mean-colour fill) -> on the GPU `crop_mirror_normalize` to normalised
-float; on the CPU the uint8 batch is normalised by torch on the training device. Eval: the centre
-window (short side / eval_resize) decoded and resized to image_size.
+resampling, only on the samples that draw either) -> `erase` (cutout, mean-colour fill); then on the
+GPU `crop_mirror_normalize` to normalised float; on the CPU the uint8 batch is normalised by torch on
+the training device. Eval: the centre window (short side / eval_resize) decoded and resized to
+image_size.
 
 Decoding: JPEGs go to DALI's decoder as they are. Anything else (PNG, palette PNGs with transparency
 behind .jpg names, BMP, ...) is decoded by `images.load_rgb` exactly as the PIL backend does (alpha
@@ -39,9 +41,11 @@ import torch
 from PIL import Image
 
 from fastprod.config import DataConfig
-from fastprod.data.augment import MEAN, MEAN_UINT8, STD, normalize_on_device
+from fastprod.data import augmentations
+from fastprod.data.augment import MEAN, STD, normalize_on_device
+from fastprod.data.augmentations import crop
+from fastprod.data.augmentations.core import DALIGraph
 from fastprod.data.images import MAX_ASPECT, MAX_PIXELS, ImageError, check_geometry, load_rgb
-from fastprod.data.loaders import augparams as ap
 from fastprod.data.loaders.base import Batch, Loader
 from fastprod.data.manifest import SplitView
 
@@ -102,13 +106,11 @@ class DALILoader(Loader):
         self.gpu = device.type == "cuda"
         self.device_id = (device.index if device.index is not None else torch.cuda.current_device()) if self.gpu else None
         self.known_bad = read_quarantined(quarantine_log, split.paths)
-        aug = cfg.augment
-        self.warp = train and ((aug.rotation_p > 0 and aug.rotation_degrees > 0)
-                               or (aug.perspective_p > 0 and aug.perspective_distortion > 0))
-        self.cutout = train and aug.cutout_p > 0
-        # columns fed to the pipeline: bytes, crop anchor, crop shape, flip, warp matrix, cutout anchor, cutout
-        # shape, warp on/off
-        self._outputs = [0, 1, 2] + [3] * train + [4, 7] * self.warp + [5, 6] * self.cutout
+        # the pipeline: its stages in order, the first (the crop) decoding; fed the encoded bytes, then each
+        # stage's columns
+        self.stages = augmentations.stages(cfg.augment) if train else [crop]
+        self._columns = 1 + sum(stage.DALI_COLUMNS for stage in self.stages)
+        self._conditionals = any(getattr(stage, "DALI_CONDITIONAL", False) for stage in self.stages)
 
     # ---- feeding -------------------------------------------------------------------------------
     def _quarantine(self, index: int, err: Exception) -> None:
@@ -139,7 +141,7 @@ class DALILoader(Loader):
     def _prepare(self, spec: tuple[list[int], int, bool]) -> tuple[_Pending, tuple | None]:
         indices, epoch, with_pil = spec
         cfg, aug, size = self.cfg, self.cfg.augment, self.cfg.image_size
-        cols: tuple[list, ...] = ([], [], [], [], [], [], [], [])
+        cols: tuple[list, ...] = tuple([] for _ in range(self._columns))
         kept, dropped = [], 0
         for index in indices:
             if index in self.known_bad:
@@ -152,20 +154,11 @@ class DALILoader(Loader):
                 dropped += 1
                 continue
             if self.train:
-                u = ap.uniforms(self.seed, epoch, index)
-                top, left, h, w = ap.crop_window(u, height, width, *aug.crop_scale, *aug.crop_ratio)
-                flip = ap.flips(u, aug.hflip_p)
-                matrix, warps = ap.warp_matrix(u, size, aug.rotation_p, aug.rotation_degrees, aug.perspective_p,
-                                           aug.perspective_distortion)
-                ct, cl, ch, cw = ap.cutout_box(u, size, aug.cutout_p, *aug.cutout_scale)
+                u = augmentations.uniforms(self.seed, epoch, index)
+                values = [v for stage in self.stages for v in stage.dali_feed(u, height, width, size, aug)]
             else:
-                top, left, h, w = ap.center_window(height, width, cfg.eval_resize)
-                flip, matrix, warps, (ct, cl, ch, cw) = False, np.eye(3), False, (0, 0, 0, 0)
-            for col, value in zip(cols, (
-                data, np.array([top, left], np.float32), np.array([h, w], np.float32), np.array(flip, np.int32),
-                matrix.astype(np.float32), np.array([ct, cl], np.float32), np.array([ch, cw], np.float32),
-                np.array(warps, dtype=bool),
-            )):
+                values = crop.dali_eval_feed(height, width, cfg.eval_resize)
+            for col, value in zip(cols, (data, *values)):
                 col.append(value)
             kept.append(index)
         labels = torch.as_tensor(self.split.labels[kept], dtype=torch.int64)
@@ -173,37 +166,25 @@ class DALILoader(Loader):
 
     # ---- the pipeline --------------------------------------------------------------------------
     def _build(self, todo: deque, pending: deque):
-        fn, types, size = self._fn, self._types, self.cfg.image_size
+        fn, types = self._fn, self._types
+        dali = DALIGraph(fn, types, self.cfg.image_size, self.gpu)
 
         def source():
             while todo:
                 rec, cols = self._prepare(todo.popleft())
                 pending.append(rec)
                 if cols is not None:
-                    return tuple(cols[k] for k in self._outputs)
+                    return cols
             raise StopIteration
 
         @self._pipeline_def(batch_size=self.batch_size, num_threads=self.threads, device_id=self.device_id,
-                            prefetch_queue_depth=2, enable_conditionals=self.warp)
+                            prefetch_queue_depth=2, enable_conditionals=self._conditionals)
         def graph():
-            fed = dict(zip(self._outputs, fn.external_source(source=source, num_outputs=len(self._outputs), batch=True)))
-            enc, anchor, shape = fed[0], fed[1], fed[2]
-            flip, matrix, cut_anchor, cut_shape, warps = fed.get(3), fed.get(4), fed.get(5), fed.get(6), fed.get(7)
-            img = fn.decoders.image_slice(
-                enc, anchor, shape, device="mixed" if self.gpu else "cpu", output_type=types.RGB,
-                axis_names="HW", normalized_anchor=False, normalized_shape=False,
-                adjust_orientation=False, use_fast_idct=True)
-            img = fn.resize(img, size=[size, size], antialias=True, interp_type=types.INTERP_LINEAR)
-            if self.train:
-                img = fn.flip(img, horizontal=flip)
-            if self.warp:  # one warp for rotation + perspective, only where a sample draws either: a DALI
-                if warps:  # conditional splits the batch, so most samples skip the resampling
-                    img = fn.experimental.warp_perspective(
-                        img, matrix=matrix, size=[size, size], fill_value=list(MEAN_UINT8), pixel_origin="center",
-                        inverse_map=True, border_mode="constant", interp_type=types.INTERP_LINEAR)
-            if self.cutout:
-                img = fn.erase(img, anchor=cut_anchor, shape=cut_shape, axis_names="HW",
-                               fill_value=list(MEAN_UINT8))
+            fed = fn.external_source(source=source, num_outputs=self._columns, batch=True)
+            img, at = fed[0], 1
+            for stage in self.stages:
+                img = stage.dali_apply(dali, img, fed[at : at + stage.DALI_COLUMNS])
+                at += stage.DALI_COLUMNS
             if self.gpu:  # normalise where the pixels already are
                 img = fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="HWC",
                                                mean=[255 * m for m in MEAN], std=[255 * s for s in STD])

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from fastprod.config import DataConfig
-from fastprod.data.augment import eval_ops, normalize_on_device, train_ops
+from fastprod.data.augment import eval_ops, normalize_on_device
+from fastprod.data.augmentations import train_ops
 from fastprod.data.images import ImageError, load_rgb
 from fastprod.data.loaders.base import Batch, Loader
 from fastprod.data.manifest import SplitView
