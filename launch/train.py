@@ -5,7 +5,7 @@ Also runs as `python launch/train.py ...` (one process) and under `torchrun`.
 
 import sys
 
-from fastprod.train.cli import main
+from fastprod.recipe.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

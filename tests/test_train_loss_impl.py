@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fastprod.config import ConfigError, load_config
+from fastprod.recipe.train import create_trainer
 from fastprod.train.distributed import init_distributed
-from fastprod.train.engine import Trainer
 
 CONFIG = """
 data: {{manifest: {manifest}, image_size: 32, batch_size: 16, eval_batch_size: 64, workers: 0}}
@@ -27,7 +27,7 @@ run: {{dir: {run_dir}, progress: false}}
 def train(manifest_dir, tmp_path, impl: str, *extra: str) -> tuple[list[float], dict]:
     path = tmp_path / f"{impl}.yaml"
     path.write_text(CONFIG.format(manifest=manifest_dir, run_dir=tmp_path / impl))
-    Trainer(load_config(path, [f"loss.impl={impl}", *extra]), init_distributed()).fit()
+    create_trainer(load_config(path, [f"loss.impl={impl}", *extra]), init_distributed()).fit()
     lines = [json.loads(ln) for ln in (tmp_path / impl / "metrics.jsonl").read_text().splitlines()]
     losses = [ln["loss"] for ln in lines if ln["kind"] == "train"]
     return losses, torch.load(tmp_path / impl / "final" / "model.pt", map_location="cpu")

@@ -24,6 +24,7 @@ import numpy as np
 from fastprod.data.augment import MEAN_UINT8
 from fastprod.data.images import ImageError, load_rgb
 from fastprod.data.manifest import DatasetError, Manifest, SplitView
+from fastprod.files import atomic_write
 
 
 def paths_digest(split: SplitView) -> str:
@@ -60,14 +61,13 @@ def write_beton(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     fields = {
         "image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality),
         "label": IntField(), "index": IntField(), "ok": IntField(),
     }
     rows = _Rows(split)
-    DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(rows, chunksize=64)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(
+        rows, chunksize=64))
     meta = {"split": split.name, "images": len(split), "paths_sha1": paths_digest(split),
             "max_resolution": max_resolution, "jpeg_quality": jpeg_quality, "write_mode": write_mode,
             "written": time.strftime("%Y-%m-%dT%H:%M:%S")}

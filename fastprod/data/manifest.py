@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fastprod.files import atomic_write, write_json
+
 MANIFEST = "manifest.parquet"
 CLASSES = "classes.json"
 QUARANTINE = "quarantine.csv"
@@ -58,17 +60,6 @@ class SplitView:
 
     def __len__(self) -> int:
         return len(self.paths)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: object) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 class Manifest:
@@ -170,7 +161,7 @@ class Manifest:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         table = pa.table({name: columns[name] for name in SCHEMA.names}, schema=SCHEMA)
-        _atomic_write(directory / MANIFEST, lambda tmp: pq.write_table(table, tmp))
+        atomic_write(directory / MANIFEST, lambda tmp: pq.write_table(table, tmp))
         root = Path(root).resolve()
         write_json(directory / CLASSES, {"root": str(root), "root_relative": os.path.relpath(root, directory.resolve()),
                                          "class_ids": list(class_ids)})
@@ -197,7 +188,7 @@ def write_quarantine(directory: str | Path, rows: Iterable[dict]) -> None:
             writer.writeheader()
             writer.writerows({k: row[k] for k in QUARANTINE_COLUMNS} for row in rows)
 
-    _atomic_write(Path(directory) / QUARANTINE, write)
+    atomic_write(Path(directory) / QUARANTINE, write)
 
 
 def read_quarantine(directory: str | Path) -> list[dict[str, str]]:

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from fastprod.data.images import MAX_ASPECT, MAX_PIXELS, ImageError, probe
 from fastprod.data.manifest import CLASS_SIZES_PLOT, DatasetError, Manifest, write_quarantine
 from fastprod.data.pool import worker_pool
+from fastprod.files import atomic_write
 
 PROBE_CACHE = "probe_cache.parquet"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -292,9 +293,7 @@ def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int, 
     rows = [(*stats[i], *results[i]) for i in sorted(stats)]
     table = pa.table({f.name: [r[k] for r in rows] for k, f in enumerate(_CACHE_SCHEMA)},
                      schema=_CACHE_SCHEMA.with_metadata(limits))
-    tmp = cache_file.with_name(f".{cache_file.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, cache_file)
+    atomic_write(cache_file, lambda tmp: pq.write_table(table, tmp))
     counts = {"probed": len(todo), "cached": len(stats) - len(todo), "missing": missing}
     return results, counts  # type: ignore[return-value]
 

@@ -25,7 +25,8 @@ import torch
 from fastprod.config import Config
 from fastprod.data.loaders import create_loader
 from fastprod.data.manifest import Manifest, SplitView
-from fastprod.train.distributed import Dist, all_reduce_tensor, barrier
+from fastprod.train.distributed import Dist, barrier
+from fastprod.train.evaluate import evaluate
 
 
 def stratified_halves(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -48,22 +49,13 @@ def balanced_subset(labels: np.ndarray, confidence: np.ndarray, keep: np.ndarray
     return chosen
 
 
-@torch.no_grad()
-def predict(trainer, split: SplitView) -> tuple[np.ndarray, np.ndarray]:
-    """Arg-max class and the probability of the given label per sample, gathered from all ranks."""
-    loader = create_loader(split, trainer.cfg.data, train=False, rank=trainer.dist.rank, world=trainer.dist.world,
-                           seed=trainer.cfg.run.seed, device=trainer.dist.device,
-                           channels_last=trainer.cfg.model.channels_last)
-    pred = torch.zeros(len(split), dtype=torch.float64, device=trainer.dist.device)
-    conf = torch.zeros(len(split), dtype=torch.float64, device=trainer.dist.device)
-    trainer.engine.eval()
-    for batch in loader:
-        probs = trainer.engine(batch.images).float().softmax(-1)
-        idx = batch.indices.to(trainer.dist.device)
-        pred[idx] = probs.argmax(-1).double()
-        conf[idx] = probs.gather(1, batch.labels[:, None]).squeeze(1).double()
-    merged = all_reduce_tensor(torch.stack([pred, conf])).cpu().numpy()  # eval shards are disjoint
-    return merged[0].astype(np.int64), merged[1]
+def predict(model: torch.nn.Module, split: SplitView, cfg: Config, dist: Dist) -> tuple[np.ndarray, np.ndarray]:
+    """Arg-max class (-1 if the image failed to load) and the probability of the given label per sample,
+    gathered from all ranks."""
+    loader = create_loader(split, cfg.data, train=False, rank=dist.rank, world=dist.world, seed=cfg.run.seed,
+                           device=dist.device, channels_last=cfg.model.channels_last)
+    result = evaluate(model, loader, len(split), dist.device)
+    return result.pred, result.conf
 
 
 def write_subset(manifest: Manifest, directory: Path, rows: np.ndarray, note: str, dist: Dist) -> Manifest:
@@ -75,7 +67,7 @@ def write_subset(manifest: Manifest, directory: Path, rows: np.ndarray, note: st
 
 
 def clean(cfg: Config, dist: Dist, *, out: Path, k: int = 3, noise: Path | None = None) -> dict:
-    from fastprod.train.engine import Trainer
+    from fastprod.recipe.train import create_trainer
 
     manifest = Manifest.load(cfg.data.manifest)
     is_train = np.array(manifest.table["split"].to_pylist()) == cfg.data.train_split
@@ -92,12 +84,12 @@ def clean(cfg: Config, dist: Dist, *, out: Path, k: int = 3, noise: Path | None 
             cfg, data=dataclasses.replace(cfg.data, manifest=str(fold_manifest.directory)),
             run=dataclasses.replace(cfg.run, dir=str(out / f"fold-{f}" / "run")),
         )
-        trainer = Trainer(fold_cfg, dist)
+        trainer = create_trainer(fold_cfg, dist)
         trainer.fit()
         other = np.flatnonzero(fold != f)
         held_out = SplitView(f"fold-{1 - f}", [train.paths[i] for i in other], train.labels[other],
                              [train.image_ids[i] for i in other])
-        pred[other], conf[other] = predict(trainer, held_out)
+        pred[other], conf[other] = predict(trainer.engine, held_out, fold_cfg, dist)
 
     keep = pred == train.labels
     chosen = balanced_subset(train.labels, conf, keep, k)

@@ -19,8 +19,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fastprod.config import Config, load_config
+from fastprod.data.manifest import Manifest
+from fastprod.models import create_model
 from fastprod.recipe.clean import clean, predict
 from fastprod.recipe.o2u import noise_detection
 from fastprod.train.distributed import Dist, barrier
@@ -54,7 +57,7 @@ def ladder_data(out: Path, args: argparse.Namespace) -> Path:
 
 def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manifest: Path, noise_file: Path,
                k: int, finetune_epochs: int, seeds: int) -> list[dict]:
-    from fastprod.train.engine import Trainer
+    from fastprod.recipe.train import create_trainer
 
     def cfg_for(step: int, seed: int, extra: list[str]) -> Config:
         cumulative = [o for _, step_overrides in STEPS[: step + 1] for o in step_overrides]
@@ -62,7 +65,7 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
                                     f"run.seed={seed}", f"run.dir={out / f'step-{step}' / f'seed-{seed}'}", *extra])
 
     def row(name: str, step: int, configs: list[Config], **extra) -> dict:
-        errors = [Trainer(cfg, dist).fit()["val_top1_error"] for cfg in configs]
+        errors = [create_trainer(cfg, dist).fit()["val_top1_error"] for cfg in configs]
         return {"step": name, "val_top1_error": float(np.mean(errors)), "seed_errors": errors,
                 "run": str(out / f"step-{step}"), **extra}
 
@@ -91,16 +94,16 @@ def diagnose(run: Path, manifest: Path, noisy: set[str], dist: Dist) -> dict:
     mislabelled training images it predicts as their wrong label (memorised noise), its error on the
     correctly labelled ones, and validation error on the head and tail classes (training-set size
     above / at most the median)."""
-    from fastprod.train.engine import Trainer
-
-    cfg = load_config(run / "resolved.yaml", [f"data.manifest={manifest}", f"model.init_from={run / 'final' / 'model.pt'}",
-                                              f"run.dir={run / 'diagnosis'}", "o2u.enabled=false"])
-    trainer = Trainer(cfg, dist)
-    train, val = trainer.train_split, trainer.manifest.split(cfg.data.val_split)
-    train_pred, _ = predict(trainer, train)
-    val_pred, _ = predict(trainer, val)
+    cfg = load_config(run / "resolved.yaml", [f"data.manifest={manifest}", f"model.init_from={run / 'final' / 'model.pt'}"])
+    data = Manifest.load(manifest)
+    model = create_model(cfg.model, data.num_classes).to(dist.device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train, val = data.split(cfg.data.train_split), data.split(cfg.data.val_split)
+    train_pred, _ = predict(model, train, cfg, dist)
+    val_pred, _ = predict(model, val, cfg, dist)
     is_noisy = np.array([i in noisy for i in train.image_ids])
-    sizes = np.bincount(train.labels, minlength=trainer.manifest.num_classes)
+    sizes = np.bincount(train.labels, minlength=data.num_classes)
     tail = sizes[val.labels] <= np.median(sizes)
     wrong, val_wrong = train_pred != train.labels, val_pred != val.labels
     return {"noisy_fitted": float(np.mean(~wrong[is_noisy])) if is_noisy.any() else float("nan"),

@@ -30,6 +30,10 @@ from fastprod.train.distributed import all_reduce_tensor
 
 
 class O2UWeights:
+    """The trainer's `SampleWeights` (fastprod/train/sample_weights.py) for O2U."""
+
+    name = "o2u"
+
     def __init__(self, num_samples: int, cfg: O2UConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.weights = torch.ones(num_samples, dtype=torch.float32, device=device)

@@ -41,6 +41,7 @@ from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 from deepspeed.utils.tensor_fragment import fragment_address
 
+from fastprod.files import write_json, write_text
 from fastprod.models import refused_global
 from fastprod.train.distributed import Dist, all_reduce, barrier
 from fastprod.train.errors import RunError
@@ -87,7 +88,7 @@ def write_manifest(folder: Path, step: int) -> dict:
     files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     manifest = {"step": step, "written_ns": time.time_ns(), "files": files}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json(folder / MANIFEST, manifest, indent=1)
     return manifest
 
 
@@ -185,9 +186,7 @@ class Checkpointer:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(self.dir / tmp, final)
-            latest = self.dir / ".latest.tmp"
-            latest.write_text(tag)
-            os.replace(latest, self.dir / "latest")
+            write_text(self.dir / "latest", tag)
             for old in [p for p in self.checkpoints() if p != final][self.keep - 1:]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier()

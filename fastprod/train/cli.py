@@ -1,4 +1,5 @@
-"""`fastprod train` / `launch/train.py`: load the config, set up the process group, train.
+"""What every command that trains shares: its arguments (`--config`, `--set`) and `with_trainer_setup`, which
+loads the config, sets up the process group and turns the known failures into one-line errors.
 
 Works under `python`, `torchrun` and `deepspeed` (which appends `--local_rank=N`, ignored here
 because LOCAL_RANK is also in the environment).
@@ -52,26 +53,3 @@ def with_trainer_setup(args: argparse.Namespace, job: Callable[[Config, Dist], d
     if dist.is_main:
         print(json.dumps(result, indent=2))
     return 0
-
-
-def train(cfg: Config, dist: Dist) -> dict:
-    from fastprod.train.engine import Trainer
-
-    summary = Trainer(cfg, dist).fit()
-    if dist.is_main:
-        print(f"final validation top-1 error: {100 * summary['val_top1_error']:.2f}%")
-    return summary
-
-
-def run(args: argparse.Namespace) -> int:
-    return with_trainer_setup(args, train)
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train a model (single process; use deepspeed/torchrun for more)")
-    add_arguments(parser).set_defaults(func=run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(description="fastprod training entry point"))
-    return run(parser.parse_args(argv))

@@ -14,28 +14,30 @@ import json
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import deepspeed
 import torch
 import yaml
-import torch.nn.functional as F
 from torch.profiler import record_function
 from tqdm import tqdm
 
 from fastprod.config import Config, ConfigError, config_changes, save_config
-from fastprod.data.loaders import Batch, Loader, create_loader
+from fastprod.data.loaders import Batch, create_loader
 from fastprod.data.manifest import Manifest, SplitView
 from fastprod.losses import LossOutput, create_loss
+from fastprod.files import write_json
 from fastprod.models import create_model
-from fastprod.recipe.o2u import O2UWeights
 from fastprod.optim import create_optimizer
 from fastprod.schedule import SGDR
 from fastprod.train.checkpoint import Checkpointer
 from fastprod.train.distributed import Dist, all_reduce
 from fastprod.train.errors import RunError
+from fastprod.train.evaluate import evaluate
 from fastprod.train.lock import RunLock
 from fastprod.train.metrics import MetricsLogger
+from fastprod.train.sample_weights import SampleWeights
 
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
@@ -70,9 +72,17 @@ def _refuse_a_different_run(cfg: Config, run_dir: Path) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, dist: Dist) -> None:
+    """`sample_weights` builds per-sample loss weights computed from the training (O2U) for the number of
+    training samples; the recipe stage passes it (`fastprod.recipe.train.create_trainer`), and a config asking
+    for O2U without it is refused."""
+
+    def __init__(self, cfg: Config, dist: Dist,
+                 sample_weights: Callable[[int, torch.device], SampleWeights] | None = None) -> None:
         if dist.device.type == "cpu" and cfg.run.precision == "fp16":
             raise ConfigError("run.precision: fp16 is not supported on CPU (use bf16 or fp32)")
+        if cfg.o2u.enabled and sample_weights is None:
+            raise ConfigError("o2u.enabled: O2U weights are attached by the recipe's trainer "
+                              "(fastprod.recipe.train.create_trainer), not by a bare Trainer")
         self.cfg, self.dist = cfg, dist
         self.run_dir = Path(cfg.run.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +128,7 @@ class Trainer:
             if not isinstance(self.engine.module.get_classifier(), torch.nn.Linear):
                 raise ConfigError(f"loss.impl: fused_linear needs a Linear classifier; {cfg.model.name} has "
                                   f"{type(self.engine.module.get_classifier()).__name__}")
-        self.o2u = O2UWeights(len(self.train_split), cfg.o2u, dist.device) if cfg.o2u.enabled else None
+        self.sample_weights = sample_weights(len(self.train_split), dist.device) if sample_weights else None
         self.sgdr = SGDR(cfg.schedule, cfg.optim.lr, self.iters_per_epoch)
         self.total_steps = cfg.schedule.epochs * self.iters_per_epoch
         if cfg.schedule.max_steps:
@@ -138,14 +148,14 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "step": self.step, "skipped_steps": self.skipped_steps, "last_val": self.last_val, "loader": self.train_loader.state_dict(),
-            "o2u": self.o2u.state_dict() if self.o2u else None,
+            "sample_weights": self.sample_weights.state_dict() if self.sample_weights else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.skipped_steps, self.last_val = state["step"], state["skipped_steps"], state["last_val"]
         self.train_loader.load_state_dict(state["loader"])
-        if self.o2u and state["o2u"]:
-            self.o2u.load_state_dict(state["o2u"])
+        if self.sample_weights and state["sample_weights"]:
+            self.sample_weights.load_state_dict(state["sample_weights"])
 
     def save_checkpoint(self) -> None:
         self.checkpointer.save(self.step, self.state_dict())
@@ -199,9 +209,7 @@ class Trainer:
         self.checkpointer.save_weights(self.checkpointer.final_dir / "model.pt")
         summary = self._summary(elapsed, images_seen)
         if self.dist.is_main:
-            tmp = summary_path.with_name(f".{summary_path.name}.tmp")
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            tmp.replace(summary_path)
+            write_json(summary_path, summary)
         self.metrics.close()
         self.lock.release()
         return summary
@@ -212,7 +220,8 @@ class Trainer:
             group["lr"] = lr
         if self._buffers:
             torch._foreach_copy_(self._buffer_backup, self._buffers)
-        out = self._forward_loss(batch, self.o2u.weights_for(batch.indices) if self.o2u else None)
+        weights = self.sample_weights.weights_for(batch.indices) if self.sample_weights else None
+        out = self._forward_loss(batch, weights)
         loss = out.loss
         bad, stop, failures = all_reduce([float(not torch.isfinite(loss)), float(self.stop_requested),
                                           self.train_loader.failures], self.dist.device)  # sums over ranks
@@ -234,8 +243,8 @@ class Trainer:
             self.engine.backward(loss)
         with record_function("fastprod.optimizer_step"):
             self.engine.step()
-        if self.o2u:
-            self.o2u.record(batch.indices, out.ce)
+        if self.sample_weights:
+            self.sample_weights.record(batch.indices, out.ce)
         return loss.item()
 
     def _forward_loss(self, batch: Batch, weights: torch.Tensor | None) -> LossOutput:
@@ -265,39 +274,28 @@ class Trainer:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}" if loss is not None else "skip", lr=f"{self.sgdr.lr(step):.3g}",
                         img_s=f"{img_s:.0f}", refresh=False)
-        if self.o2u and self.step % self.iters_per_epoch == 0:
-            self.o2u.end_epoch()
+        if self.sample_weights and self.step % self.iters_per_epoch == 0:
+            self.sample_weights.end_epoch()
         if self.sgdr.is_cycle_end(step):
             cycle = self.sgdr.cycle(step)
             path = self.checkpointer.save_snapshot(cycle)
             self._print(f"SGDR cycle {cycle} ended at step {self.step}: snapshot {path}", bar)
-            if self.o2u:
-                scores = self.o2u.end_cycle(cycle, self.run_dir / "o2u" if self.dist.is_main else None,
-                                            self.train_split.image_ids, self.train_split.labels)
-                if scores:
-                    self._print(f"O2U scores and next-cycle weights: {scores}", bar)
+            if self.sample_weights:
+                out_dir = self.run_dir / self.sample_weights.name if self.dist.is_main else None
+                report = self.sample_weights.end_cycle(cycle, out_dir, self.train_split.image_ids,
+                                                       self.train_split.labels)
+                if report:
+                    self._print(f"{self.sample_weights.name} scores and next-cycle weights: {report}", bar)
             self.save_checkpoint()
         elif self.step % self.cfg.run.ckpt_every_steps == 0 or self.stop_requested:
             self.save_checkpoint()
 
-    @torch.no_grad()
-    def validate(self, loader: Loader | None = None) -> dict:
-        """Top-1 error and mean cross-entropy over the whole split, summed across ranks."""
-        loader = loader or self.val_loader
-        loader.rewind()
-        self.engine.eval()
-        loss_sum, correct, count = 0.0, 0.0, 0.0
-        for batch in loader:
-            logits = self.engine(batch.images).float()
-            loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum").item()
-            correct += (logits.argmax(1) == batch.labels).sum().item()
-            count += len(batch.labels)
-        self.engine.train()
-        loss_sum, correct, count, failures = all_reduce([loss_sum, correct, count, loader.failures], self.dist.device)
-        if loader is self.val_loader:
-            self._check_load_failures(self.manifest.split(self.cfg.data.val_split), failures)
-        return {"top1_error": 1 - correct / max(count, 1), "loss": loss_sum / max(count, 1), "images": int(count),
-                "load_failures": int(failures)}
+    def validate(self) -> dict:
+        """Top-1 error and mean cross entropy over the whole validation split (all ranks)."""
+        split = self.manifest.split(self.cfg.data.val_split)
+        result = evaluate(self.engine, self.val_loader, len(split), self.dist.device)
+        self._check_load_failures(split, result.failures)
+        return result.metrics(split.labels)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _failure_limit(self, split: SplitView) -> float:

@@ -8,12 +8,13 @@ line cut short by a kill mid-write is dropped with a warning.
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
+
+from fastprod.files import write_text
 
 
 class MetricsLogger:
@@ -24,9 +25,7 @@ class MetricsLogger:
             return
         if self.path.exists():
             kept = [ln for ln in _records(self.path) if ln[1] <= resume_step]
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(text + "\n" for text, _ in kept))
-            os.replace(tmp, self.path)
+            write_text(self.path, "".join(text + "\n" for text, _ in kept))
         self.file = open(self.path, "a")
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
 

@@ -1,0 +1,57 @@
+"""The one evaluation loop: a model scores every sample of a split (the trainer's validation after each
+epoch, 2-fold cleaning's cross prediction of seed section 4, the ladder's diagnosis of its final models).
+
+Per-sample results stay on the device until the pass is over and are then summed across ranks in one
+collective (evaluation shards are disjoint), so the loop never waits on the host per batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fastprod.data.loaders import Loader
+from fastprod.train.distributed import all_reduce, all_reduce_tensor
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per sample of the split: whether it loaded, its arg-max class (-1 if not loaded), the probability and
+    cross entropy of its label; and how many images failed to load on all ranks."""
+
+    loaded: np.ndarray
+    pred: np.ndarray
+    conf: np.ndarray
+    ce: np.ndarray
+    failures: int
+
+    def metrics(self, labels: np.ndarray) -> dict:
+        """Top-1 error and mean cross entropy over the samples that loaded."""
+        count = int(self.loaded.sum())
+        correct = int((self.pred[self.loaded] == labels[self.loaded]).sum())
+        return {"top1_error": 1 - correct / max(count, 1), "loss": float(self.ce[self.loaded].sum()) / max(count, 1),
+                "images": count, "load_failures": self.failures}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Loader, num_samples: int, device: torch.device) -> Evaluation:
+    """One whole pass of `loader` (an evaluation loader over a split of `num_samples`) through `model`."""
+    loader.rewind()
+    was_training = model.training
+    model.eval()
+    rows = torch.zeros(4, num_samples, dtype=torch.float64, device=device)  # loaded, pred, conf, ce
+    for batch in loader:
+        log_probs = model(batch.images).float().log_softmax(-1)
+        label_log_prob = log_probs.gather(1, batch.labels[:, None]).squeeze(1).double()
+        idx = batch.indices.to(device)
+        rows[0, idx] = 1.0
+        rows[1, idx] = log_probs.argmax(-1).double()
+        rows[2, idx] = label_log_prob.exp()
+        rows[3, idx] = -label_log_prob
+    model.train(was_training)
+    rows = all_reduce_tensor(rows).cpu().numpy()
+    failures = int(all_reduce([loader.failures], device)[0])
+    loaded = rows[0] > 0
+    return Evaluation(loaded, np.where(loaded, rows[1], -1).astype(np.int64), rows[2], rows[3], failures)

@@ -1,0 +1,46 @@
+"""The one evaluation loop (train/evaluate.py) against a plain loop with torch's own cross entropy."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastprod.config import ModelConfig, load_config
+from fastprod.data.loaders import create_loader
+from fastprod.data.manifest import Manifest, SplitView
+from fastprod.models import create_model
+from fastprod.train.evaluate import evaluate
+
+
+def test_evaluate_matches_a_plain_loop_and_leaves_out_images_that_fail(manifest_dir, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(name="resnet10t", drop_rate=0.5), Manifest.load(manifest_dir).num_classes)
+    good = Manifest.load(manifest_dir).split("val")
+    paths = list(good.paths)
+    paths[3] = str(tmp_path / "gone.jpg")  # fails to load
+    split = SplitView("val", paths, good.labels, good.image_ids)
+    cfg = load_config(None, [f"data.manifest={manifest_dir}", "data.image_size=32", "data.eval_batch_size=5",
+                             "data.workers=0"]).data
+    loader = create_loader(split, cfg, train=False)
+    model.train()  # evaluate switches to eval mode and back
+    result = evaluate(model, loader, len(split), torch.device("cpu"))
+    assert model.training
+
+    model.eval()
+    loader.rewind()
+    logits, labels, indices = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            logits.append(model(batch.images).double())
+            labels.append(batch.labels)
+            indices.append(batch.indices)
+    logits, labels, indices = torch.cat(logits), torch.cat(labels), torch.cat(indices)
+    assert 3 not in indices.tolist() and result.failures == 1
+    metrics = result.metrics(split.labels)
+    assert metrics["images"] == len(split) - 1 and not result.loaded[3] and result.pred[3] == -1
+    expected_error = (logits.argmax(1) != labels).double().mean().item()
+    assert metrics["top1_error"] == expected_error
+    np.testing.assert_allclose(metrics["loss"], F.cross_entropy(logits, labels).item(), rtol=1e-6)
+    np.testing.assert_allclose(result.conf[indices.numpy()], logits.softmax(1).gather(1, labels[:, None]).squeeze(1),
+                               rtol=1e-5)
