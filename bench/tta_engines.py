@@ -10,7 +10,7 @@ machine shared with other work slows all of them alike. images/s = views/s / --v
 of each engine is compared with eager (max abs difference of the probabilities). Export time
 (the inductor AOT compile) is reported separately and not counted in the throughput.
 BACKEND:PRECISION picks a precision (onnxruntime:int8 is calibrated on another random batch: its
-difference to eager says little about accuracy on real images, which tests/test_score.py checks).
+difference to eager says little about accuracy on real images, which tests/score/test_score.py checks).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class DataConfig:
     """Where the prepared dataset lives and how batches are made."""
 
     manifest: str = ""  # directory written by `fastprod prepare`
-    backend: Literal["pil", "dali", "ffcv"] = "pil"  # dali: GPU (mixed decode) or CPU pipeline; ffcv: .beton files
+    backend: str = "pil"  # a loader in fastprod/data/loaders/: pil; dali (GPU mixed decode or CPU); ffcv (.beton files)
     ffcv_dir: str = ""  # ffcv: directory of <split>.beton from `fastprod write-ffcv` (default: <manifest>/ffcv)
     image_size: int = 224
     eval_resize: float = 1.14  # eval: resize the short side to image_size * eval_resize, then center crop
@@ -143,7 +143,7 @@ class LossConfig:
     (alpha + beta * (-A) * p_y), so beta = 1 with A = -9.21 multiplies the step by up to ~10x; on the
     ladder dataset it raised the error from 53.0% to 59.0%, beta = 0.1 lowered it to 51.5%."""
 
-    name: Literal["ce", "sce"] = "ce"
+    name: str = "ce"  # a loss registered in fastprod/losses/ (ce, sce); checked by create_loss
     label_smoothing: float = 0.0
     sce_alpha: float = 1.0
     sce_beta: float = 0.1

@@ -55,6 +55,15 @@ def test_unknown_model_name_suggests_close_matches():
     assert "resnet34" in suggested and all(name in timm.list_models() for name in suggested)
 
 
+def test_init_from_loads_every_weight_and_rejects_a_mismatch(tmp_path):
+    source = create_model(ModelConfig(name="resnet10t"), 6)
+    torch.save(source.state_dict(), tmp_path / "model.pt")
+    loaded = create_model(ModelConfig(name="resnet10t", init_from=str(tmp_path / "model.pt")), 6)
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(ValueError, match="model.init_from"):
+        create_model(ModelConfig(name="resnet10t", init_from=str(tmp_path / "model.pt")), 7)
+
+
 def test_init_from_file_that_does_not_fit(tmp_path):
     five = tmp_path / "five.pt"
     torch.save(create_model(ModelConfig(name="resnet10t"), 5).state_dict(), five)
@@ -136,6 +145,7 @@ def test_cpu_optimizer_is_foreach_sgd():
     assert type(cpu) is torch.optim.SGD and cpu.defaults["foreach"] and cpu.defaults["nesterov"]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU choice (apex FusedSGD, else torch's fused SGD) needs CUDA")
 def test_gpu_optimizer_is_fused():
     from fastprod.optim import apex_fused_sgd

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from fastprod.config import DataConfig
+from fastprod.config import ConfigError, DataConfig
 from fastprod.data.loaders.base import Batch, Loader
 from fastprod.data.loaders.dali import DALILoader
 from fastprod.data.loaders.ffcv import FFCVLoader
@@ -25,6 +25,8 @@ def create_loader(
     split: SplitView, cfg: DataConfig, *, train: bool, rank: int = 0, world: int = 1, seed: int = 0,
     device: torch.device = torch.device("cpu"), channels_last: bool = True, quarantine_log: Path | None = None,
 ) -> Loader:
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"data.backend: {cfg.backend!r} is not one of {list(BACKENDS)}")
     return BACKENDS[cfg.backend](
         split, cfg, train=train, rank=rank, world=world, seed=seed, device=device,
         channels_last=channels_last, quarantine_log=quarantine_log,

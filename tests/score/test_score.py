@@ -25,6 +25,8 @@ from fastprod.score.items import Items, items_from_manifest, items_from_paths
 from fastprod.score.score import score
 from fastprod.score.tta import Views, make_views
 
+pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
+
 VIEWS = Views(32, (1.0, 1.3), ("center", "br", "tl"), (False, True))
 
 
@@ -164,6 +166,7 @@ def test_bf16_eager_engine_is_close_to_fp32(run_dir, eager, tmp_path):
         export_engine([run_dir / "final" / "model.pt"], tmp_path / "fp16", backend="eager", precision="fp16")
 
 
+@pytest.mark.gpu
 def test_tensorrt_engine(run_dir, eager, tmp_path):
     try:
         import torch_tensorrt  # noqa: F401

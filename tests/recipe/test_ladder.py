@@ -12,6 +12,8 @@ from fastprod.cli import main
 from fastprod.config import load_config
 from fastprod.recipe.ladder import STEPS
 
+pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
+
 TINY = """
 data: {manifest: unused, image_size: 16, batch_size: 16, eval_batch_size: 64, workers: 0}
 model: {name: resnet10t}

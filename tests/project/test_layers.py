@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Source folders and the import name they install under.
 PACKAGES = {ROOT / "fastprod": "fastprod", ROOT / "kernels": "fastprod.kernels"}
 LAYERS = [

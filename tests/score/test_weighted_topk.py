@@ -8,6 +8,8 @@ import pytest
 
 from fastprod.score.weighted_topk import BLOCK, GROUP, storage_view, weighted_topk
 
+pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
+
 
 def run(probs: np.ndarray, w: np.ndarray, k: int, rows: int = 3, write: bool = True):
     M, N, C = probs.shape

@@ -15,6 +15,8 @@ import pytest
 from fastprod.cli import main
 from fastprod.config import load_config
 
+pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
+
 TINY = """
 data: {{manifest: {manifest}, image_size: 32, batch_size: 16, eval_batch_size: 64, workers: 0}}
 model: {{name: resnet10t, drop_rate: 0.5, channels_last: true}}

@@ -9,6 +9,8 @@ import torch
 from fastprod.config import load_config
 from fastprod.data.loaders import Batch
 
+pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
+
 
 @pytest.fixture(scope="module")
 def trainer(manifest_dir, tmp_path_factory):

@@ -19,6 +19,8 @@ from fastprod.config import load_config
 from fastprod.data.manifest import Manifest
 from training import BIN, ROOT, env, launch, write_config
 
+pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
+
 
 def final_weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "final" / "model.pt", map_location="cpu")

@@ -11,7 +11,7 @@ import pytest
 
 from fastprod.score.backends import BACKENDS, PRECISIONS, Backend, backend_for
 
-SCORE = Path(__file__).resolve().parents[1] / "fastprod" / "score"
+SCORE = Path(__file__).resolve().parents[2] / "fastprod" / "score"
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))

@@ -9,14 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from fastprod.config import ModelConfig
 from fastprod.data.manifest import Manifest
-from fastprod.models import create_model
 from fastprod.recipe.clean import balanced_subset, stratified_halves
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_stratified_halves_split_every_class_evenly():
@@ -38,15 +35,7 @@ def test_balanced_subset_takes_the_top_k_kept_per_class():
         assert set(np.flatnonzero(chosen & (labels == cls))) == set(ranked[:3])
 
 
-def test_init_from_loads_every_weight_and_rejects_a_mismatch(tmp_path):
-    source = create_model(ModelConfig(name="resnet10t"), 6)
-    torch.save(source.state_dict(), tmp_path / "model.pt")
-    loaded = create_model(ModelConfig(name="resnet10t", init_from=str(tmp_path / "model.pt")), 6)
-    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values()))
-    with pytest.raises(ValueError, match="model.init_from"):
-        create_model(ModelConfig(name="resnet10t", init_from=str(tmp_path / "model.pt")), 7)
-
-
+@pytest.mark.e2e
 def test_clean_command_end_to_end(manifest_dir, tmp_path):
     config = tmp_path / "clean.yaml"
     config.write_text(f"""

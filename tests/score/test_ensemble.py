@@ -181,7 +181,7 @@ def test_preds_reject_mismatched_inputs(tmp_path):
 
 @pytest.mark.parametrize("device,threads", [
     ("cpu", 1), ("cpu", 2),
-    pytest.param("cuda", 0, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU path needs CUDA"))])
+    pytest.param("cuda", 0, marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU path needs CUDA")])])
 def test_apply_over_many_classes(tmp_path, device, threads):
     rng = np.random.default_rng(threads)
     M, N, C = 2, 21, 6003  # several class blocks; C not a multiple of the block or group size

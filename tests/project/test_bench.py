@@ -3,11 +3,15 @@ plot per benchmark and a report that shows them all."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_run_sh_quick_writes_every_result(tmp_path):

@@ -1,6 +1,6 @@
 """The Triton loss kernels run natively on a CUDA GPU against the float64 reference (fp32 and bf16).
 On CPU-only machines these skip: there the same kernels are checked under TRITON_INTERPRET=1 and
-compiled for sm_80/sm_90 (tests/test_kernels_row_loss.py, tests/test_kernels_linear_loss.py)."""
+compiled for sm_80/sm_90 (tests/kernels/test_kernels_row_loss.py, test_kernels_linear_loss.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from functools import partial
 import pytest
 import torch
 
-import test_kernels_linear_loss as linear
-import test_kernels_row_loss as row
+import linear_cases as linear
+import row_cases as row
 from fastprod.kernels import fused_loss, linear_cross_entropy
 from fastprod.kernels.reference import LossOutput
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs a CUDA GPU (CPU CI runs these kernels in the Triton interpreter)")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (CPU CI runs these kernels in the Triton interpreter)")]
 
 
 def on_cuda(fn):

@@ -6,71 +6,19 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from fastprod.config import A_OFFICIAL, A_PAPER, LossConfig
+from fastprod.config import A_PAPER, LossConfig
 from fastprod.kernels.reference import reference_loss
 from fastprod.losses import create_loss
-
-# (rows, classes, smoothing, alpha, beta, A, weighted, ignored rows, rows of weight 0); other weights are in (0, 2)
-CASES = [
-    (5, 1003, 0.0, 1.0, 0.0, A_OFFICIAL, False, [2], []),
-    (4, 257, 0.1, 1.0, 0.0, A_OFFICIAL, True, [], [1]),
-    (6, 999, 0.2, 0.5, 1.0, A_PAPER, True, [0, 5], [2, 5]),
-    (3, 50030, 0.0, 6.0, 0.1, A_OFFICIAL, True, [1], [0]),
-    (2, 100, 0.4, 0.1, 1.0, A_PAPER, True, [0, 1], []),
-]
-
+from row_cases import CASES, check_against_reference, make_case, poison_allocations, run_in_interpreter, run_loss
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     """Blocks of a few rows in the chunked path (one row for C >= 2000), so every case spans several."""
     monkeypatch.setattr("fastprod.kernels.row_loss.chunked.CHUNK_ELEMENTS", 2000)
-
-
-def make_case(rows: int, classes: int, weighted: bool, ignored: list[int], seed: int = 0, zero_weight: list[int] = ()):
-    g = torch.Generator().manual_seed(seed + classes)
-    logits = torch.randn(rows, classes, generator=g, dtype=torch.float64) * 3
-    target = torch.randint(0, classes, (rows,), generator=g)
-    target[ignored] = -100
-    weights = torch.rand(rows, generator=g, dtype=torch.float64) * 2 if weighted else None
-    if weights is not None:
-        weights[list(zero_weight)] = 0.0
-    return logits, target, weights
-
-
-def true_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """log sum_k exp z_k - z_y per row in float64, whatever the row's weight; 0 on ignored rows."""
-    z = logits.double()
-    ce = torch.logsumexp(z, dim=1) - z.gather(1, target.clamp(min=0)[:, None]).squeeze(1)
-    return torch.where(target != -100, ce, torch.zeros_like(ce))
-
-
-def run_loss(fn, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, **kw):
-    """Loss outputs and the gradient of loss + sum(per_sample * r), which exercises both outputs' backward."""
-    z = logits.clone().requires_grad_()
-    out = fn(z, target, weights=weights, **kw)
-    r = torch.linspace(0.5, 1.5, len(target), dtype=out.per_sample.dtype)
-    (out.loss + (out.per_sample * r).sum()).backward()
-    return out, z.grad
-
-
-def check_against_reference(fn, case, dtype: torch.dtype, tol: float, **extra) -> None:
-    rows, classes, smoothing, alpha, beta, A, weighted, ignored, zero_weight = case
-    logits, target, weights = make_case(rows, classes, weighted, ignored, zero_weight=zero_weight)
-    kw = dict(smoothing=smoothing, alpha=alpha, beta=beta, A=A)
-    ref, ref_grad = run_loss(reference_loss, logits, target, weights, **kw)
-    out, grad = run_loss(fn, logits.to(dtype), target, None if weights is None else weights.to(dtype), **kw, **extra)
-    for name, a, b in [("loss", out.loss, ref.loss), ("per_sample", out.per_sample, ref.per_sample),
-                       ("ce", out.ce, ref.ce), ("true ce", out.ce, true_ce(logits, target)), ("grad", grad, ref_grad)]:
-        torch.testing.assert_close(a.double(), b, atol=tol, rtol=tol, msg=lambda m: f"{name} {case}: {m}")
-    assert not out.ce.requires_grad
-    silent = ignored + zero_weight  # rows that add nothing to the loss or the gradient
-    assert torch.all(out.per_sample[silent] == 0) and torch.all(grad[silent] == 0)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-C{c[1]}-e{c[2]}-b{c[4]}")
@@ -123,16 +71,7 @@ def test_create_loss_fused_matches_reference(name, smoothing):
     torch.testing.assert_close(grad, ref_grad)
 
 
-def run_in_interpreter(test_file: str) -> str:
-    """Run `test_file` as a script under TRITON_INTERPRET=1 (set before Triton is imported, and kept out of
-    this process); returns its stdout after checking it exited cleanly."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, test_file], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
+@pytest.mark.e2e
 def test_triton_kernel_in_the_interpreter():
     assert f"ok {len(CASES) + 1} cases" in run_in_interpreter(__file__)
 
@@ -156,18 +95,6 @@ def test_triton_kernel_compiles_for_gpu(capability, dtype, grad):
     kernel = compile_for_gpu(row_loss_kernel, signature, dict(HAS_WEIGHTS=True, COMPUTE_GRAD=grad, BLOCK=block),
                              capability, num_warps)
     assert kernel.asm["cubin"] and f".target sm_{capability}" in kernel.asm["ptx"]
-
-
-def poison_allocations() -> None:
-    """Make torch.empty / empty_like return NaN-filled float tensors, so an output element the kernel
-    forgets to write shows up as NaN."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def nan(t: torch.Tensor) -> torch.Tensor:
-        return t.fill_(math.nan) if t.is_floating_point() else t
-
-    torch.empty = lambda *a, **k: nan(empty(*a, **k))
-    torch.empty_like = lambda *a, **k: nan(empty_like(*a, **k))
 
 
 def interpreter_main() -> None:

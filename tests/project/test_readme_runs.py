@@ -17,7 +17,9 @@ import pytest
 import yaml
 from training import LAUNCHER_VARIABLES
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
+
+ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("What the demo does", "A worked example, end to end", "Scoring: TTA engines and ensembles")
 TINY_DATA = "--classes 5 --train-images 100 --val-per-class 4 --size 48x48"
 TINY_CONFIG = {"model.name": "resnet10t", "data.image_size": 32, "data.batch_size": 8, "data.eval_batch_size": 32,

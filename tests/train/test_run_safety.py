@@ -27,6 +27,8 @@ from fastprod.data.synth import synthesize
 from fastprod.train.checkpoint import write_manifest
 from training import ROOT, TINY, env, launch, train, write_config
 
+pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
+
 EPOCHS = "schedule.epochs=2"  # 6 steps an epoch on the tiny dataset: checkpoints step-10 and step-12 are kept
 NEWEST, OLDER = "step-000000012", "step-000000010"
 

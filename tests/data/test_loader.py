@@ -79,7 +79,9 @@ def test_train_order_is_worker_independent_and_resumable(dataset):
     with_workers = create_loader(split, DataConfig(**{**cfg.__dict__, "workers": 2}), train=True, seed=5,
                                  channels_last=False)
     with_workers.set_epoch(2)
-    for (a, la, ia), (b, lb, ib) in zip(full, collect(with_workers)):
+    parallel = collect(with_workers)
+    assert len(parallel) == len(full) > 0  # zip below would pass on an empty list
+    for (a, la, ia), (b, lb, ib) in zip(full, parallel):
         assert torch.equal(ia, ib) and torch.equal(la, lb) and torch.equal(a, b)
     # stop after two batches, restore the state into a new loader, continue
     first = create_loader(split, cfg, train=True, seed=5, channels_last=False)
@@ -152,3 +154,10 @@ def test_unreadable_image_is_quarantined_and_the_epoch_goes_on(dataset, tmp_path
         assert record["path"] == str(victim) and record["index"] == 7
     finally:
         victim.write_bytes(saved)
+
+
+def test_an_unknown_backend_is_a_config_error(dataset):
+    from fastprod.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.backend: 'nvjpeg' is not one of"):
+        create_loader(dataset.split("train"), DataConfig(**{**config().__dict__, "backend": "nvjpeg"}), train=True)

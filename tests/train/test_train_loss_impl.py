@@ -13,6 +13,8 @@ from fastprod.config import ConfigError, load_config
 from fastprod.recipe.train import create_trainer
 from fastprod.train.distributed import init_distributed
 
+pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
+
 CONFIG = """
 data: {{manifest: {manifest}, image_size: 32, batch_size: 16, eval_batch_size: 64, workers: 0}}
 model: {{name: resnet10t, drop_rate: 0.5}}
