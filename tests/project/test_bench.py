@@ -3,11 +3,11 @@ plot per benchmark and a report that shows them all."""
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import subprocess
 from pathlib import Path
+
+import pytest
 
 pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
 

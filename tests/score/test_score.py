@@ -24,6 +24,7 @@ from fastprod.score.engine import Engine, export_engine, snapshot_checkpoints
 from fastprod.score.items import Items, items_from_manifest, items_from_paths
 from fastprod.score.score import score
 from fastprod.score.tta import Views, make_views
+from synthetic_data import prepared_dataset
 
 pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
 
@@ -303,15 +304,10 @@ def test_export_replaces_an_engine_only_with_overwrite(run_dir, tmp_path, capsys
 @pytest.fixture(scope="module")
 def three_class_run(tmp_path_factory) -> Path:
     """A run trained on another dataset: synthetic classes 00000-00002, where manifest_dir has 00000-00005."""
-    from fastprod.data.prepare import prepare
-    from fastprod.data.synth import synthesize
-
     base = tmp_path_factory.mktemp("three")
-    synthesize(base / "raw", classes=3, train_images=30, val_per_class=2, noise=0.0, seed=4, size=(40, 40),
-               corrupt=0, workers=1)
-    prepare(base / "raw", base / "prepared", workers=1)
+    prepared = prepared_dataset(base, classes=3, train_images=30, val_per_class=2, seed=4)
     (base / "run").mkdir()
-    return make_run_dir(base / "run", base / "prepared")
+    return make_run_dir(base / "run", prepared)
 
 
 def test_score_refuses_a_manifest_of_other_classes(three_class_run, manifest_dir, tmp_path, capsys):

@@ -22,9 +22,8 @@ import torch
 from fastprod.config import load_config
 from fastprod.data.loaders import create_loader
 from fastprod.data.manifest import Manifest, SplitView
-from fastprod.data.prepare import prepare
-from fastprod.data.synth import synthesize
 from fastprod.train.checkpoint import write_manifest
+from synthetic_data import prepared_dataset
 from training import ROOT, TINY, env, launch, train, write_config
 
 pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
@@ -221,9 +220,7 @@ def test_a_changed_path_spelling_is_the_same_run(finished, manifest_dir, tmp_pat
 def own_dataset(tmp_path) -> tuple[Path, Path]:
     """(dataset folder holding raw/ and prepared/, config) for tests that move or delete images."""
     base = tmp_path / "dataset"
-    synthesize(base / "raw", classes=4, train_images=100, val_per_class=4, noise=0.0, seed=1, size=(40, 40),
-               corrupt=0, workers=1)
-    prepare(base / "raw", base / "prepared", workers=1)
+    prepared_dataset(base, classes=4, train_images=100, val_per_class=4, seed=1)
     config = tmp_path / "run.yaml"
     config.write_text(TINY.format(manifest=base / "prepared", run_dir=tmp_path / "run", workers=0, precision="fp32"))
     return base, config
