@@ -140,7 +140,9 @@ def main() -> None:
             from fastprod.data.ffcv_writer import write_beton
             from fastprod.data.manifest import Manifest
 
-            write_beton(Manifest.load(manifest).split("train"), manifest / "ffcv" / "train.beton", workers=args.threads)
+            for split in ("train", "val"):
+                write_beton(Manifest.load(manifest).split(split), manifest / "ffcv" / f"{split}.beton",
+                            workers=args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
