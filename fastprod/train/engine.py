@@ -50,9 +50,9 @@ def deepspeed_config(cfg: Config) -> dict:
         "zero_optimization": {"stage": cfg.run.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
+        # always explicit: DeepSpeed's default is to clip at norm 1.0, which optim.grad_clip = 0 must not do
+        "gradient_clipping": cfg.optim.grad_clip,
     }
-    if cfg.optim.grad_clip > 0:
-        ds["gradient_clipping"] = cfg.optim.grad_clip
     if cfg.run.precision in AUTOCAST_DTYPES:
         # torch.autocast keeps fp32 master weights and BatchNorm in fp32 (DeepSpeed's bf16/fp16
         # modes cast the whole model, which BatchNorm does not survive); fp16 adds a GradScaler.
@@ -100,6 +100,10 @@ class Trainer:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg)
         )
+        if dist.world == 1:
+            # one rank: DeepSpeed's gradient all-reduce is an identity that still copies every gradient through a
+            # flat buffer (~9% of a resnet18 step on 2 CPU cores)
+            self.engine.enable_backward_allreduce = False
         if cfg.model.channels_last and cfg.run.zero_stage == 0:
             # NHWC weights and activations (1.3x on CPU for resnet18, more on tensor cores). Only after
             # initialize: DeepSpeed broadcasts parameters as contiguous bytes. ZeRO>=1 keeps parameters

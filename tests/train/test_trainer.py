@@ -50,3 +50,32 @@ def test_non_finite_loss_skips_the_step(trainer):
     assert all(torch.isfinite(v.float()).all() for v in saved.values())
     assert torch.load(trainer.checkpointer.dir / "step-000000002" / "trainer_rank0.pt",
                       weights_only=True)["skipped_steps"] == 1
+
+
+def test_a_step_is_plain_sgd_without_clipping(manifest_dir, tmp_path):
+    """optim.grad_clip = 0 means no clipping (DeepSpeed's own default clips at norm 1.0) and one rank skips the
+    all-reduce: the first step equals w - lr (g + wd w), g from torch's cross entropy on a copy of the model."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from fastprod.train.distributed import init_distributed
+    from fastprod.train.engine import Trainer
+
+    cfg = load_config(None, [f"data.manifest={manifest_dir}", "data.image_size=32", "data.batch_size=8",
+                             "data.workers=0", "model.name=resnet10t", "model.drop_rate=0", "optim.grad_clip=0",
+                             f"run.dir={tmp_path / 'run'}", "run.progress=false"])
+    trainer = Trainer(cfg, init_distributed())
+    assert trainer.engine.gradient_clipping() == 0 and not trainer.engine.enable_backward_allreduce
+    batch = next(iter(trainer.train_loader))
+    model = trainer.engine.module
+    reference = copy.deepcopy(model)
+    params = list(reference.parameters())
+    grads = torch.autograd.grad(F.cross_entropy(reference(batch.images), batch.labels), params)
+    assert torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) > 1.0  # clipping at 1 would show
+    decay = {id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert trainer.train_step(batch, 0.5) is not None
+    for p, before, g in zip(model.parameters(), params, grads):
+        torch.testing.assert_close(p.detach(), before.detach() - 0.5 * (g + decay[id(p)] * before.detach()),
+                                   rtol=1e-4, atol=1e-5)
+    trainer.lock.release()
