@@ -1,7 +1,7 @@
 """Training with the fused loss paths (loss.impl: fused, fused_linear) follows the plain torch
 reference step for step: the same losses and, after a few SGD steps, the same weights (to 1e-3 of
-each tensor's norm: the fused paths sum in another order, and BatchNorm amplifies that slightly; clipping at norm 1 keeps the
-four steps small enough for that bound)."""
+each tensor's norm: the fused paths sum in another order, and BatchNorm amplifies that slightly;
+clipping at norm 1 keeps the four steps small enough for that bound)."""
 
 from __future__ import annotations
 
