@@ -118,7 +118,8 @@ def main() -> None:
     parser.add_argument("--augment", choices=list(AUGMENT), default="all")
     parser.add_argument("--work", type=Path, default=None, help="where the synthetic data and runs go (default: tmp)")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--plain", nargs=5, metavar=("RAW", "MODEL", "SIZE", "BATCH", "WORKERS"), help=argparse.SUPPRESS)
+    parser.add_argument("--plain", nargs=5, metavar=("RAW", "MODEL", "SIZE", "BATCH", "WORKERS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain:  # the child process of one baseline run
         raw, model, size, batch, workers = args.plain

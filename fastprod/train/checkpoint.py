@@ -108,7 +108,8 @@ def verify(folder: Path, world: int) -> str | None:
     files = manifest["files"]
     for rank in range(world):
         if f"trainer_rank{rank}.pt" not in files:
-            return f"no trainer state for rank {rank} (saved by {sum(n.startswith('trainer_rank') for n in files)} ranks)"
+            saved = sum(n.startswith("trainer_rank") for n in files)
+            return f"no trainer state for rank {rank} (saved by {saved} ranks)"
     for name, record in files.items():
         path = folder / name
         if not path.is_file():
@@ -179,8 +180,9 @@ class Checkpointer:
                 write_manifest(self.dir / tmp, step)
         except (OSError, RuntimeError) as err:
             shutil.rmtree(self.dir / tmp, ignore_errors=True)
-            raise RunError(f"saving checkpoint {tag} to {self.dir} failed ({self._free()} free): "
-                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}; {self._resume_hint()}") from None
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise RunError(f"saving checkpoint {tag} to {self.dir} failed ({self._free()} free): {reason}; "
+                           f"{self._resume_hint()}") from None
         if self.dist.is_main:
             final = self.dir / tag
             if final.exists():

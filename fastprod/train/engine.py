@@ -151,7 +151,8 @@ class Trainer:
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "step": self.step, "skipped_steps": self.skipped_steps, "last_val": self.last_val, "loader": self.train_loader.state_dict(),
+            "step": self.step, "skipped_steps": self.skipped_steps, "last_val": self.last_val,
+            "loader": self.train_loader.state_dict(),
             "sample_weights": self.sample_weights.state_dict() if self.sample_weights else None,
         }
 

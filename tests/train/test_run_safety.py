@@ -54,7 +54,8 @@ def weights(run: Path) -> dict:
 def finished(manifest_dir, tmp_path_factory) -> Path:
     """One uninterrupted 12-step run; tests work on copies."""
     tmp = tmp_path_factory.mktemp("finished")
-    launch([sys.executable, "launch/train.py", "--config", str(write_config(tmp, manifest_dir, "base")), "--set", EPOCHS])
+    config = write_config(tmp, manifest_dir, "base")
+    launch([sys.executable, "launch/train.py", "--config", str(config), "--set", EPOCHS])
     return tmp / "base"
 
 
