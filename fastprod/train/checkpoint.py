@@ -100,11 +100,8 @@ def read_manifest(folder: Path) -> dict | None:
         return None
 
 
-def verify(folder: Path, world: int) -> str | None:
-    """Why the checkpoint in `folder` cannot be used, or None when every file matches its record."""
-    manifest = read_manifest(folder)
-    if manifest is None:
-        return f"no readable {MANIFEST} (an incomplete save, or written by an older fastprod)"
+def verify(folder: Path, manifest: dict, world: int) -> str | None:
+    """Why the checkpoint in `folder` cannot be used, or None when every file matches its `manifest`."""
     files = manifest["files"]
     for rank in range(world):
         if f"trainer_rank{rank}.pt" not in files:
@@ -134,26 +131,24 @@ class Checkpointer:
                 shutil.rmtree(stale, ignore_errors=True)
         barrier()
 
-    def checkpoints(self) -> list[Path]:
-        """The step-* folders, most recently written first (those without a manifest last)."""
-        def written(folder: Path) -> tuple[int, str]:
-            manifest = read_manifest(folder)
-            return (int(manifest.get("written_ns", 0)) if manifest else -1, folder.name)
-        return sorted((p for p in self.dir.glob("step-*") if p.is_dir()), key=written, reverse=True)
-
-    def has_checkpoint(self) -> bool:
-        return any(read_manifest(p) is not None for p in self.dir.glob("step-*"))
+    def checkpoints(self) -> list[tuple[Path, dict | None]]:
+        """(folder, its manifest or None) of every step-* folder, most recently written first (folders without a
+        readable manifest, i.e. incomplete saves, last)."""
+        found = [(p, read_manifest(p)) for p in self.dir.glob("step-*") if p.is_dir()]
+        return sorted(found, key=lambda f: (int(f[1].get("written_ns", 0)) if f[1] else -1, f[0].name), reverse=True)
 
     def _intact(self) -> Path | None:
         """The newest checkpoint that verifies (rank 0 checks, every rank gets the answer)."""
         candidates = self.checkpoints()
+        complete = [(folder, manifest) for folder, manifest in candidates if manifest is not None]
         choice = -1
         if self.dist.is_main:
-            for folder in candidates:
-                if read_manifest(folder) is None:
-                    warnings.warn(f"ignoring checkpoint {folder}: no readable {MANIFEST} (an incomplete save)")
-            for i, folder in enumerate(candidates):
-                problem = verify(folder, self.dist.world)
+            for folder, manifest in candidates:
+                if manifest is None:
+                    warnings.warn(f"ignoring checkpoint {folder}: no readable {MANIFEST} (an incomplete save, or "
+                                  f"written by an older fastprod)")
+            for i, (folder, manifest) in enumerate(complete):
+                problem = verify(folder, manifest, self.dist.world)
                 if problem is None:
                     choice = i
                     break
@@ -162,7 +157,7 @@ class Checkpointer:
         if choice < 0 and candidates:
             raise RunError(f"no intact checkpoint in {self.dir} ({len(candidates)} damaged, see the warnings above); "
                            f"the run cannot resume: set another run.dir to train from scratch")
-        return candidates[choice] if choice >= 0 else None
+        return complete[choice][0] if choice >= 0 else None
 
     def save(self, step: int, trainer_state: dict) -> Path:
         """Collective: every rank calls it at the same step."""
@@ -189,7 +184,7 @@ class Checkpointer:
                 shutil.rmtree(final)
             os.replace(self.dir / tmp, final)
             write_text(self.dir / "latest", tag)
-            for old in [p for p in self.checkpoints() if p != final][self.keep - 1:]:
+            for old in [p for p, _ in self.checkpoints() if p != final][self.keep - 1:]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier()
         return self.dir / tag
@@ -198,7 +193,7 @@ class Checkpointer:
         return f"{shutil.disk_usage(self.dir if self.dir.exists() else self.dir.parent).free / 2**20:.0f} MiB"
 
     def _resume_hint(self) -> str:
-        intact = next((p for p in self.checkpoints() if read_manifest(p) is not None), None)
+        intact = next((p for p, manifest in self.checkpoints() if manifest is not None), None)
         return (f"free space and re-run the same command to resume from {intact}" if intact is not None
                 else "no earlier checkpoint exists")
 
@@ -206,7 +201,7 @@ class Checkpointer:
         """Refuse a save that cannot fit: the last checkpoint's size (plus 10%) must be free."""
         short, needed = 0.0, 0.0
         if self.dist.is_main and self.dir.exists():
-            last = next((m for m in map(read_manifest, self.checkpoints()) if m is not None), None)
+            last = next((m for _, m in self.checkpoints() if m is not None), None)
             needed = 1.1 * sum(r["size"] for r in last["files"].values()) if last else 0
             short = float(shutil.disk_usage(self.dir).free < needed)
         if all_reduce([short], self.dist.device, op=torch.distributed.ReduceOp.MAX)[0]:

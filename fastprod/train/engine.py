@@ -303,12 +303,9 @@ class Trainer:
         return result.metrics(split.labels)
 
     # ---- helpers -----------------------------------------------------------------------------
-    def _failure_limit(self, split: SplitView) -> float:
-        return min(self.cfg.data.max_load_failures, self.cfg.data.max_load_failure_fraction * len(split))
-
     def _check_load_failures(self, split: SplitView, failures: float) -> None:
         """Stop the run when more images of one pass over `split` failed to load than the limits allow."""
-        limit = self._failure_limit(split)
+        limit = min(self.cfg.data.max_load_failures, self.cfg.data.max_load_failure_fraction * len(split))
         if failures > limit:
             raise RunError(
                 f"{int(failures)} of the {len(split)} {split.name} images failed to load in this pass (limit "
