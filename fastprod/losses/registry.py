@@ -3,6 +3,7 @@ each declaring the `loss.impl` paths that compute it; `create_loss` (factory.py)
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import partial
 from typing import ClassVar
@@ -21,7 +22,7 @@ PATHS: dict[str, LossFn] = {
 }
 
 
-class Loss:
+class Loss(ABC):
     """A training loss: its `loss.name`, the `loss.impl` paths that implement it, and its numbers, taken once
     from the config as the `LossParams` every path reads. Each takes the O2U per-sample weights (seed
     section 3) as `weights=`."""
@@ -33,8 +34,9 @@ class Loss:
         self.params = self.params_from(cfg)
 
     @staticmethod
+    @abstractmethod
     def params_from(cfg: LossConfig) -> LossParams:
-        raise NotImplementedError
+        """The loss's numbers from the `loss` section of the config."""
 
     def path(self, impl: str) -> LossFn:
         """This loss as computed by `impl` (one of `impls`), its numbers bound."""
