@@ -41,7 +41,8 @@ if [ "$QUICK" = 1 ]; then
   bench train_throughput bench/train_throughput.py --work "$OUT/train-data" --models resnet10t --sizes 32 \
     --images 64 --classes 4 --batch 8 --workers 0 --pairs 1
 else
-  bench train_throughput bench/train_throughput.py --work "$OUT/train-data" --models resnet18 resnet34 --sizes 64 128
+  bench train_throughput bench/train_throughput.py --work "$OUT/train-data" --models resnet18 resnet34 --sizes 64 128 \
+    --backends pil dali --precisions fp32 bf16
   bench loader bench/loader.py --work "$OUT/loader-data"
   bench kernels_cpu bench/kernels_cpu.py
   bench profile_step bench/profile_step.py --out "$OUT/profile"

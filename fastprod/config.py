@@ -82,6 +82,9 @@ class DataConfig:
         _check(self.workers >= 0, "workers", "must be >= 0")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class ModelConfig:
     """A timm backbone with dropout after global pooling (seed section 2)."""
@@ -91,9 +94,12 @@ class ModelConfig:
     init_from: str | None = None  # all weights from a fastprod weights file (final/model.pt, snapshots/*.pt): finetuning
     drop_rate: float = 0.5
     channels_last: bool = True
+    compile: bool = False  # torch.compile the backbone (off: slower than eager on the CPU, see the README)
+    compile_mode: str = "default"
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.drop_rate < 1.0, "drop_rate", "must be in [0, 1)")
+        _check(self.compile_mode in COMPILE_MODES, "compile_mode", f"must be one of {', '.join(COMPILE_MODES)}")
 
 
 @dataclass
@@ -338,7 +344,8 @@ def to_dict(config: Config) -> dict:
 # Keys a resumed run may change: how it reports, saves and feeds data, not what it computes.
 # run.dir is where the saved config was found: a run directory may be moved or copied and resumed there.
 RESUMABLE_CHANGES = frozenset({"run.dir", "run.progress", "run.ckpt_every_steps", "run.keep_checkpoints",
-                               "data.workers", "data.eval_batch_size"})
+                               "run.log_every_steps", "data.workers", "data.eval_batch_size", "model.compile",
+                               "model.compile_mode"})
 # Keys holding paths: compared as resolved absolute paths ('runs/base' from /x is '/x/runs/base').
 PATH_KEYS = frozenset({"data.manifest", "data.ffcv_dir", "model.init_from", "model.pretrained_file"})
 

@@ -16,7 +16,7 @@ optim: {{lr: 0.05, weight_decay: 3.0e-4}}
 loss: {{name: sce, sce_alpha: 1.0, sce_beta: 0.5}}
 o2u: {{enabled: true, warmup_cycles: 1}}
 schedule: {{epochs: 3, cycle_epochs: 1, cycle_mult: 2}}
-run: {{dir: {run_dir}, precision: {precision}, ckpt_every_steps: 2, progress: false}}
+run: {{dir: {run_dir}, precision: {precision}, ckpt_every_steps: 2, log_every_steps: 1, progress: false}}
 """
 
 

@@ -90,7 +90,7 @@ def lr_find(cfg: Config, dist: Dist, *, out: Path, start: float, end: float, epo
                 rows.append((step, lr, math.nan, math.nan))
                 stop_reason = f"non-finite loss at lr {lr:.3g}"
                 break
-            loss = all_reduce([loss], dist.device)[0] / dist.world  # same curve, same stop on every rank
+            loss = all_reduce([float(loss)], dist.device)[0] / dist.world  # same curve, same stop on every rank
             avg = beta * avg + (1 - beta) * loss
             smoothed = avg / (1 - beta ** (step + 1))
             rows.append((step, lr, loss, smoothed))

@@ -2,7 +2,11 @@
 with SGDR warm restarts through a DeepSpeed engine, snapshots at cycle ends, validation each epoch.
 
 `Trainer.fit()` resumes from the newest intact checkpoint of the run directory if there is one,
-mid-epoch, and ends with `summary.json` holding the final validation top-1 error. A run never reports
+mid-epoch, and ends with `summary.json` holding the final validation top-1 error. A step is forward, loss,
+backward and optimizer step; what follows it is a list of named hooks (metrics on log steps, O2U's epoch end,
+SGDR's cycle end with its snapshot, the checkpoint). The step waits on the host once, for the non-finite check
+folded into one collective with the stop and load-failure counts (on the CPU this costs nothing measurable:
+execution is synchronous anyway); the loss is read only on log steps (`run.log_every_steps`). A run never reports
 success for work it did not do: it holds an exclusive lock on its directory, refuses a dataset whose
 images are not there, and stops with a `RunError` when more images fail to load than `data.max_load_failures`
 / `data.max_load_failure_fraction` allow or when `run.max_skipped_in_a_row` steps in a row are not finite.
@@ -36,7 +40,8 @@ from fastprod.train.distributed import Dist, all_reduce
 from fastprod.train.errors import RunError
 from fastprod.train.evaluate import evaluate
 from fastprod.train.lock import RunLock
-from fastprod.train.metrics import MetricsLogger
+from fastprod.train.metrics import MetricsLogger, StepMeter
+from fastprod.train.perf import peak_flops, peak_memory_gib, training_flops_per_image
 from fastprod.train.sample_weights import SampleWeights
 
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -109,6 +114,9 @@ class Trainer:
             # initialize: DeepSpeed broadcasts parameters as contiguous bytes. ZeRO>=1 keeps parameters
             # as views of flat buffers, so there only the inputs are channels_last.
             self.engine.module.to(memory_format=torch.channels_last)
+        self.flops_per_image = training_flops_per_image(self.engine.module, cfg.data.image_size, dist.device,
+                                                        cfg.model.channels_last)
+        self.peak_flops = peak_flops(dist.device, cfg.run.precision)
         loader_args = dict(
             rank=dist.rank, world=dist.world, seed=cfg.run.seed, device=dist.device,
             channels_last=cfg.model.channels_last, quarantine_log=self.run_dir / "quarantine_runtime.jsonl",
@@ -132,6 +140,10 @@ class Trainer:
             if not isinstance(self.engine.module.get_classifier(), torch.nn.Linear):
                 raise ConfigError(f"loss.impl: fused_linear needs a Linear classifier; {cfg.model.name} has "
                                   f"{type(self.engine.module.get_classifier()).__name__}")
+        self.features = self._features
+        if cfg.model.compile:
+            self.engine.module.compile(mode=cfg.model.compile_mode)  # parameters and state_dict keys unchanged
+            self.features = torch.compile(self._features, mode=cfg.model.compile_mode)
         self.sample_weights = sample_weights(len(self.train_split), dist.device) if sample_weights else None
         self.sgdr = SGDR(cfg.schedule, cfg.optim.lr, self.iters_per_epoch)
         self.total_steps = cfg.schedule.epochs * self.iters_per_epoch
@@ -144,6 +156,9 @@ class Trainer:
         self.skipped_in_a_row = 0
         self.last_val: dict = {}
         self.stop_requested = False
+        # what follows every step, in this order (the checkpoint holds the O2U state of a cycle that just ended)
+        self.step_hooks: list[Callable[[], None]] = [self._log_step, self._end_o2u_epoch, self._end_sgdr_cycle,
+                                                     self._checkpoint]
         # BatchNorm statistics move during the forward pass; a skipped step must not keep them
         self._buffers = list(self.engine.module.buffers())
         self._buffer_backup = [b.clone() for b in self._buffers]
@@ -178,20 +193,24 @@ class Trainer:
             return json.loads(summary_path.read_text())
 
         self.metrics = MetricsLogger(self.run_dir, self.dist.is_main, self.step)
+        self.meter = StepMeter()
         self._install_signal_handlers()
         self.engine.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=not (self.dist.is_main and self.cfg.run.progress))
-        start, images_seen = time.perf_counter(), 0
+        bar = self.bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                              disable=not (self.dist.is_main and self.cfg.run.progress))
+        start = time.perf_counter()
         for epoch in range(self.train_loader.epoch, self.cfg.schedule.epochs):
+            self.epoch = epoch
             self.train_loader.set_epoch(epoch)
             bar.set_description(f"epoch {epoch + 1}/{self.cfg.schedule.epochs}")
             t_data = time.perf_counter()
             for batch in self.train_loader:
                 data_wait = time.perf_counter() - t_data
                 loss = self.train_step(batch, self.sgdr.lr(self.step))
-                images_seen += len(batch.labels) * self.dist.world
-                self._after_step(loss, batch, data_wait, time.perf_counter() - t_data, epoch, bar)
+                self.meter.add(loss, len(batch.labels) * self.dist.world, data_wait, time.perf_counter() - t_data)
+                self.step += 1
+                for hook in self.step_hooks:
+                    hook()
                 if self.step >= self.total_steps or self.stop_requested:
                     break
                 t_data = time.perf_counter()
@@ -212,15 +231,16 @@ class Trainer:
         elapsed = time.perf_counter() - start
         self.save_checkpoint()
         self.checkpointer.save_weights(self.checkpointer.final_dir / "model.pt")
-        summary = self._summary(elapsed, images_seen)
+        summary = self._summary(elapsed)
         if self.dist.is_main:
             write_json(summary_path, summary)
         self.metrics.close()
         self.lock.release()
         return summary
 
-    def train_step(self, batch: Batch, lr: float) -> float | None:
-        """One SGD step at `lr`; returns the loss, or None when a non-finite loss made every rank skip it."""
+    def train_step(self, batch: Batch, lr: float) -> torch.Tensor | None:
+        """One SGD step at `lr`; returns the loss (a tensor on the device: reading it waits for the step), or None
+        when a non-finite loss made every rank skip it."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self._buffers:
@@ -250,7 +270,7 @@ class Trainer:
             self.engine.step()
         if self.sample_weights:
             self.sample_weights.record(batch.indices, out.ce)
-        return loss.item()
+        return loss.detach()
 
     def _forward_loss(self, batch: Batch, weights: torch.Tensor | None) -> LossOutput:
         """Model and loss; with loss.impl=fused_linear the classifier runs inside the fused loss."""
@@ -259,40 +279,57 @@ class Trainer:
                 logits = self.engine(batch.images)
             with record_function("fastprod.loss"):
                 return self.loss_fn(logits, batch.labels, weights=weights)
-        model, precision = self.engine.module, self.cfg.run.precision
+        precision = self.cfg.run.precision
         with record_function("fastprod.forward"), torch.autocast(
                 self.dist.device.type, dtype=getattr(torch, AUTOCAST_DTYPES.get(precision, "float32")),
                 enabled=precision in AUTOCAST_DTYPES):
-            features = model.forward_head(model.forward_features(batch.images), pre_logits=True)
+            features = self.features(batch.images)
         with record_function("fastprod.loss"):  # the classifier head and the loss
-            head = model.get_classifier()
+            head = self.engine.module.get_classifier()
             bias = head.bias.to(features.dtype) if head.bias is not None else None
             return self.loss_fn(features, head.weight.to(features.dtype), bias, batch.labels, weights=weights)
 
-    def _after_step(self, loss: float | None, batch: Batch, data_wait: float, step_time: float, epoch: int,
-                    bar: tqdm) -> None:
-        step = self.step
-        self.step += 1
-        img_s = len(batch.labels) * self.dist.world / max(step_time, 1e-9)
-        self.metrics.log("train", self.step, epoch=epoch + 1, loss=float("nan") if loss is None else loss,
-                         lr=self.sgdr.lr(step), img_per_s=img_s, data_wait_s=data_wait, skipped=loss is None)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}" if loss is not None else "skip", lr=f"{self.sgdr.lr(step):.3g}",
-                        img_s=f"{img_s:.0f}", refresh=False)
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled features the fused head reads (the backbone without its classifier)."""
+        model = self.engine.module
+        return model.forward_head(model.forward_features(images), pre_logits=True)
+
+    # ---- step hooks ----------------------------------------------------------------------------
+    def _log_step(self) -> None:
+        """Metrics, TensorBoard and the progress bar on step 1, every `run.log_every_steps` and the last step."""
+        every = self.cfg.run.log_every_steps
+        if not (self.step % every == 0 or self.step == 1 or self.step >= self.total_steps or self.stop_requested):
+            return
+        steps, values = self.meter.steps, self.meter.read()
+        lr = self.sgdr.lr(self.step - 1)
+        mfu = values["img_per_s"] * self.flops_per_image / (self.peak_flops * self.dist.world)
+        self.metrics.log("train", self.step, epoch=self.epoch + 1, lr=lr, mfu=mfu,
+                         peak_mem_gib=peak_memory_gib(self.dist.device), **values)
+        self.bar.update(steps)
+        self.bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.3g}", img_s=f"{values['img_per_s']:.0f}",
+                             mfu=f"{100 * mfu:.1f}%", refresh=False)
+
+    def _end_o2u_epoch(self) -> None:
         if self.sample_weights and self.step % self.iters_per_epoch == 0:
             self.sample_weights.end_epoch()
-        if self.sgdr.is_cycle_end(step):
-            cycle = self.sgdr.cycle(step)
-            path = self.checkpointer.save_snapshot(cycle)
-            self._print(f"SGDR cycle {cycle} ended at step {self.step}: snapshot {path}", bar)
-            if self.sample_weights:
-                out_dir = self.run_dir / self.sample_weights.name if self.dist.is_main else None
-                report = self.sample_weights.end_cycle(cycle, out_dir, self.train_split.image_ids,
-                                                       self.train_split.labels)
-                if report:
-                    self._print(f"{self.sample_weights.name} scores and next-cycle weights: {report}", bar)
-            self.save_checkpoint()
-        elif self.step % self.cfg.run.ckpt_every_steps == 0 or self.stop_requested:
+
+    def _end_sgdr_cycle(self) -> None:
+        """Seed section 1: a snapshot at the end of every SGDR cycle; O2U's cycle-end scores and next weights."""
+        if not self.sgdr.is_cycle_end(self.step - 1):
+            return
+        cycle = self.sgdr.cycle(self.step - 1)
+        path = self.checkpointer.save_snapshot(cycle)
+        self._print(f"SGDR cycle {cycle} ended at step {self.step}: snapshot {path}", self.bar)
+        if self.sample_weights:
+            out_dir = self.run_dir / self.sample_weights.name if self.dist.is_main else None
+            report = self.sample_weights.end_cycle(cycle, out_dir, self.train_split.image_ids,
+                                                   self.train_split.labels)
+            if report:
+                self._print(f"{self.sample_weights.name} scores and next-cycle weights: {report}", self.bar)
+
+    def _checkpoint(self) -> None:
+        if (self.sgdr.is_cycle_end(self.step - 1) or self.step % self.cfg.run.ckpt_every_steps == 0
+                or self.stop_requested):
             self.save_checkpoint()
 
     def validate(self) -> dict:
@@ -313,7 +350,7 @@ class Trainer:
                 f"{self.run_dir / 'quarantine_runtime.jsonl'}: check the images under {self.manifest.root}, "
                 f"or re-run `fastprod prepare` to quarantine them")
 
-    def _summary(self, elapsed: float, images_seen: int) -> dict:
+    def _summary(self, elapsed: float) -> dict:
         dropped = int(all_reduce([self.train_loader.failures_total], self.dist.device)[0])
         return {
             "val_top1_error": self.last_val.get("top1_error"), "val_loss": self.last_val.get("loss"),
@@ -322,7 +359,10 @@ class Trainer:
             "val_load_failures": self.last_val.get("load_failures"),
             "num_classes": self.manifest.num_classes, "world_size": self.dist.world,
             "device": str(self.dist.device), "precision": self.cfg.run.precision, "model": self.cfg.model.name,
-            "wall_time_s": round(elapsed, 2), "train_img_per_s": round(images_seen / max(elapsed, 1e-9), 2),
+            "wall_time_s": round(elapsed, 2), "train_img_per_s": round(self.meter.img_per_s, 2),
+            "mfu": round(self.meter.img_per_s * self.flops_per_image / (self.peak_flops * self.dist.world), 4),
+            "flops_per_image": self.flops_per_image, "peak_flops_per_device": self.peak_flops,
+            "peak_mem_gib": round(peak_memory_gib(self.dist.device), 3),
             "final_weights": str(self.checkpointer.final_dir / "model.pt"),
         }
 

@@ -34,6 +34,11 @@ def steps_logged(run_dir: Path) -> int:
     return max((ln["step"] for ln in lines if ln["kind"] == "train"), default=0)
 
 
+def train_lines(run_dir: Path) -> list[dict]:
+    lines = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [ln for ln in lines if ln["kind"] == "train"]
+
+
 @pytest.fixture(scope="module")
 def reference_run(manifest_dir, tmp_path_factory) -> Path:
     """An uninterrupted single-process run: `python launch/train.py`."""
@@ -50,7 +55,9 @@ def test_single_process_run_writes_everything(reference_run, manifest_dir):
     lines = [json.loads(ln) for ln in (reference_run / "metrics.jsonl").read_text().splitlines()]
     train = [ln for ln in lines if ln["kind"] == "train"]
     assert [ln["step"] for ln in train] == list(range(1, summary["steps"] + 1))
-    assert all(ln["img_per_s"] > 0 and ln["lr"] > 0 for ln in train)
+    assert all(ln["img_per_s"] > 0 and ln["lr"] > 0 and 0 < ln["mfu"] < 1 and ln["peak_mem_gib"] > 0 for ln in train)
+    # training throughput is images over step time: validation, snapshots and checkpoints are not in it
+    assert summary["train_img_per_s"] * summary["wall_time_s"] > summary["steps"] * 16 and 0 < summary["mfu"] < 1
     assert len([ln for ln in lines if ln["kind"] == "val"]) == 3
     # SGDR cycles of 1 and 2 epochs -> two snapshots; the latest two checkpoints are kept
     assert sorted(p.name for p in (reference_run / "snapshots").iterdir()) == ["cycle-0.pt", "cycle-1.pt"]
@@ -64,6 +71,23 @@ def test_single_process_run_writes_everything(reference_run, manifest_dir):
     snapshot = torch.load(reference_run / "snapshots" / "cycle-1.pt", map_location="cpu")
     final = final_weights(reference_run)
     assert all(torch.equal(snapshot[k], final[k]) for k in final)  # last cycle ends with training
+
+
+def test_metrics_are_logged_on_log_steps_only(reference_run, manifest_dir, tmp_path):
+    """run.log_every_steps = 4: lines at step 1, every 4th step and the last; each line's loss is the mean of the
+    per-step losses since the previous line in the same seeded run logged at every step."""
+    config = write_config(tmp_path, manifest_dir, "sparse")
+    launch([sys.executable, "launch/train.py", "--config", str(config), "--set", "run.log_every_steps=4"])
+    every_step = {ln["step"]: ln["loss"] for ln in train_lines(reference_run)}
+    total = max(every_step)
+    sparse = train_lines(tmp_path / "sparse")
+    assert [ln["step"] for ln in sparse] == sorted({1, total} | set(range(4, total + 1, 4)))
+    previous = 0
+    for line in sparse:
+        losses = [every_step[s] for s in range(previous + 1, line["step"] + 1)]
+        assert line["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+        assert line["skipped"] == 0 and 0 <= line["data_wait"] <= 1
+        previous = line["step"]
 
 
 def test_kill_and_resume_matches_uninterrupted(reference_run, manifest_dir, tmp_path):

@@ -23,7 +23,7 @@ optim: {{lr: 0.05, weight_decay: 3.0e-4, grad_clip: 1.0}}
 loss: {{name: sce, sce_beta: 0.5, label_smoothing: 0.1}}
 o2u: {{enabled: true}}
 schedule: {{epochs: 1, max_steps: 4}}
-run: {{dir: {run_dir}, progress: false}}
+run: {{dir: {run_dir}, log_every_steps: 1, progress: false}}
 """
 
 
@@ -41,10 +41,9 @@ def reference(manifest_dir, tmp_path_factory):
     return train(manifest_dir, tmp_path_factory.mktemp("reference"), "reference")
 
 
-@pytest.mark.parametrize("impl", ["fused", "fused_linear"])
-def test_fused_training_matches_the_reference(reference, manifest_dir, tmp_path, impl):
+def assert_trains_like(run: tuple[list[float], dict], reference: tuple[list[float], dict]) -> None:
+    losses, weights = run
     ref_losses, ref_weights = reference
-    losses, weights = train(manifest_dir, tmp_path, impl)
     assert len(losses) == len(ref_losses) == 4
     assert losses == pytest.approx(ref_losses, rel=1e-4)
     assert weights.keys() == ref_weights.keys()
@@ -52,6 +51,18 @@ def test_fused_training_matches_the_reference(reference, manifest_dir, tmp_path,
         ref = ref_weights[name].double()
         err = torch.linalg.vector_norm(value.double() - ref).item()
         assert err <= 1e-3 * torch.linalg.vector_norm(ref).item() + 1e-4, f"{name}: |diff| {err:.3g}"
+
+
+@pytest.mark.parametrize("impl", ["fused", "fused_linear"])
+def test_fused_training_matches_the_reference(reference, manifest_dir, tmp_path, impl):
+    assert_trains_like(train(manifest_dir, tmp_path, impl), reference)
+
+
+def test_compiled_training_matches_the_reference(reference, manifest_dir, tmp_path, monkeypatch):
+    """model.compile: the backbone (here the features the fused head reads) through torch.compile (inductor),
+    its dropout masks drawn by torch's eager generator (inductor's own draws other masks)."""
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    assert_trains_like(train(manifest_dir, tmp_path, "fused_linear", "model.compile=true"), reference)
 
 
 def test_fused_linear_refuses_zero3(manifest_dir, tmp_path):
