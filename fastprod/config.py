@@ -184,7 +184,7 @@ class RunConfig:
 
     dir: str = "runs/default"
     seed: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # auto: bf16 where the hardware has it natively
     zero_stage: int = 0
     ckpt_every_steps: int = 500
     keep_checkpoints: int = 2
