@@ -191,7 +191,7 @@ def main() -> None:
                 for side in sides if pair % 2 == 0 else sides[::-1]:
                     result = run(side, model, size)
                     runs[side].append(result)
-                    print(f"{model} {size}px pair {pair + 1}: {label(side):22s} {result['img_per_s']:7.1f} img/s, "
+                    print(f"{model} {size}px pair {pair + 1}: {label(side):26s} {result['img_per_s']:7.1f} img/s, "
                           f"data wait {100 * result['data_wait']:.0f}%", flush=True)
             base = statistics.median(r["img_per_s"] for r in runs[("plain", "fp32", False)])
             for side, results in runs.items():
@@ -200,7 +200,7 @@ def main() -> None:
                              "img_per_s": round(rate, 1), "x_plain": round(rate / base, 3),
                              "data_wait": round(statistics.median(r["data_wait"] for r in results), 3),
                              "runs": len(results)})
-                print(f"{model} {size}px {rows[-1]['pipeline']:22s} median {rate:7.1f} img/s = "
+                print(f"{model} {size}px {rows[-1]['pipeline']:26s} median {rate:7.1f} img/s = "
                       f"{rate / base:.2f}x the plain loop, data wait {100 * rows[-1]['data_wait']:.0f}%", flush=True)
     write_json(args.json, "train_throughput",
                f"training throughput, batch {args.batch}, {args.workers} workers, {args.threads} threads, "
