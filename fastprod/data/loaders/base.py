@@ -124,7 +124,8 @@ class Loader(ABC):
     ) -> None:
         self.split, self.num_samples = split, len(split)
         self.batch_size = cfg.batch_size if train else cfg.eval_batch_size
-        self.train, self.rank, self.world, self.seed = train, rank, world, seed  # train: shuffle, drop the last partial batch
+        self.train = train  # shuffle, and drop the last partial batch
+        self.rank, self.world, self.seed = rank, world, seed
         self.device, self.channels_last = device, channels_last
         self.quarantine = Quarantine(split.paths, quarantine_log)
         self._feed = DeviceFeed(device, channels_last)
