@@ -15,6 +15,7 @@ channels_last layout (PIL's pixel order, and the trainer's), so nothing is copie
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -54,9 +55,11 @@ def _stack(images: list[torch.Tensor]) -> torch.Tensor:
     """[B, 3, H, W] uint8 in channels_last memory (a straight copy of PIL's HWC pixels, and the layout the
     trainer wants); in a worker, in the shared memory the batch travels through anyway."""
     channels, height, width = images[0].shape
-    out = torch.empty((len(images), height, width, channels), dtype=torch.uint8)
-    if get_worker_info() is not None:
-        out.share_memory_()
+    shape = (len(images), height, width, channels)
+    if get_worker_info() is None:
+        out = torch.empty(shape, dtype=torch.uint8)
+    else:  # as torch's default_collate does (share_memory_() would copy: +8% worker CPU)
+        out = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(math.prod(shape))).view(shape)
     torch.stack([image.permute(1, 2, 0) for image in images], out=out)
     return out.permute(0, 3, 1, 2)
 
