@@ -9,6 +9,7 @@ stream that prefetches the next batch while the caller's step runs).
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from abc import ABC, abstractmethod
 from collections import deque
@@ -127,6 +128,7 @@ class Loader(ABC):
         self.train = train  # shuffle, and drop the last partial batch
         self.rank, self.world, self.seed = rank, world, seed
         self.device, self.channels_last = device, channels_last
+        self.workers = min(cfg.workers, os.cpu_count() or 1)  # processes or threads that load and augment
         self.quarantine = Quarantine(split.paths, quarantine_log)
         self._feed = DeviceFeed(device, channels_last)
         self.epoch = 0

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from collections import deque
 from collections.abc import Iterator
@@ -97,7 +96,6 @@ class DALILoader(Loader):
         super().__init__(split, cfg, **common)
         self._fn, self._pipeline_def, self._types, self._feed_ndarray = _import_dali()
         self.cfg = cfg
-        self.threads = max(1, min(cfg.workers, os.cpu_count() or 1))
         self.gpu = self.device.type == "cuda"
         self.device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if self.gpu else None
@@ -169,7 +167,7 @@ class DALILoader(Loader):
                     return cols
             raise StopIteration
 
-        @self._pipeline_def(batch_size=self.batch_size, num_threads=self.threads, device_id=self.device_id,
+        @self._pipeline_def(batch_size=self.batch_size, num_threads=max(1, self.workers), device_id=self.device_id,
                             prefetch_queue_depth=2, enable_conditionals=self._conditionals)
         def graph():
             fed = fn.external_source(source=source, num_outputs=self._columns, batch=True)
@@ -196,7 +194,7 @@ class DALILoader(Loader):
             return images if self.channels_last else images.contiguous()
         return torch.from_numpy(np.array(tl.as_tensor())).permute(0, 3, 1, 2)  # uint8, normalised on the device
 
-    def _load(self):
+    def _load(self) -> Iterator[Loaded]:
         todo = deque((([i for i, _ in b], b[0][1], False) for b in self._batches()[self.batches_done:]))
         pending: deque[_Pending] = deque()
         pipe = self._build(todo, pending) if todo else None

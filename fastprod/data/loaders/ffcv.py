@@ -30,7 +30,7 @@ the loader drops it from its batch, counts it in `Batch.dropped` and logs it to 
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,12 +101,12 @@ class FFCVLoader(Loader):
         ints = lambda: [IntDecoder(), ToTensor()]  # noqa: E731
         _keep_torch_threads()
         self._ffcv = FFCV(
-            str(path), batch_size=self.batch_size, num_workers=max(1, min(cfg.workers, os.cpu_count() or 1)),
+            str(path), batch_size=self.batch_size, num_workers=max(1, self.workers),
             order=OrderOption.SEQUENTIAL, drop_last=False, os_cache=True, batches_ahead=2,
             pipelines={"image": ops + [ToTensor()], "label": ints(), "index": ints(), "ok": ints()},
         )
 
-    def _load(self):
+    def _load(self) -> Iterator[Loaded]:
         remaining = self._batches()[self.batches_done :]
         if not remaining:
             return

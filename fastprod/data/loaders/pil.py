@@ -16,7 +16,7 @@ channels_last layout (PIL's pixel order, and the trainer's), so nothing is copie
 from __future__ import annotations
 
 import math
-import os
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
@@ -88,11 +88,10 @@ class PILLoader(Loader):
         super().__init__(split, cfg, **common)
         ops = train_ops(cfg.image_size, cfg.augment) if self.train else eval_ops(cfg.image_size, cfg.eval_resize)
         self.dataset = _Images(split, v2.Compose(ops), self.seed, self.quarantine)
-        self.workers = min(cfg.workers, os.cpu_count() or 1)
         self._pass = _Pass()
         self._dataloader: DataLoader | None = None
 
-    def _load(self):
+    def _load(self) -> Iterator[Loaded]:
         self._pass.batches = self._batches()[self.batches_done :]
         if self._dataloader is None:
             self._dataloader = DataLoader(
