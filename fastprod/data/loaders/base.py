@@ -2,8 +2,8 @@
 
 A backend's `_load()` produces `Loaded` batches (uint8 pixels on the host) in the seeded order of the
 current pass; the base `Loader` counts them, records failures and hands them out as `Batch`es on the
-training device through `DeviceFeed` (normalisation, seed section 1; on CUDA pinned memory and a side
-stream that prefetches the next batch while the caller's step runs).
+training device through `DeviceFeed` (the input side of seed sections 1-2: normalised, channels_last;
+on CUDA from pinned memory, the next batch prefetched on a side stream while the caller's step runs).
 """
 
 from __future__ import annotations
