@@ -252,26 +252,53 @@ def test_persistent_workers_keep_the_order_through_breaks_evaluation_and_resume(
         ld.close()
 
 
-def test_failures_are_counted_per_pass_with_persistent_workers(dataset, tmp_path):
-    """Two batches whose every image is missing and one image missing in another: counted on every pass,
-    by the same workers."""
+GONE = list(range(10)) + [17]  # eval batches of 5: 0-4 and 5-9 fail whole, 15-19 loses one
+
+
+def with_missing_images(dataset, tmp_path, workers: int):
     from fastprod.data.manifest import SplitView
 
     good = dataset.split("train")
-    gone = list(range(10)) + [17]  # eval batches of 5: 0-4 and 5-9 fail whole
-    paths = [str(tmp_path / f"gone-{i}.png") if i in gone else p for i, p in enumerate(good.paths)]
-    split = SplitView("train", paths, good.labels, good.image_ids)
-    loader = create_loader(split, DataConfig(**{**config().__dict__, "workers": 2}), train=False,
-                           quarantine_log=tmp_path / "log.jsonl")
+    paths = [str(tmp_path / f"gone-{i}.png") if i in GONE else p for i, p in enumerate(good.paths)]
+    return create_loader(SplitView("train", paths, good.labels, good.image_ids),
+                         DataConfig(**{**config().__dict__, "workers": workers}), train=False,
+                         quarantine_log=tmp_path / "log.jsonl")
+
+
+def test_failures_are_counted_per_pass_with_persistent_workers(dataset, tmp_path):
+    """Two batches whose every image is missing and one image missing in another: counted on every pass,
+    by the same workers."""
+    loader = with_missing_images(dataset, tmp_path, workers=2)
     for rerun in (1, 2):
         loader.rewind()
         batches = list(loader)
-        assert torch.cat([b.indices for b in batches]).tolist() == [i for i in range(N) if i not in gone]
+        assert torch.cat([b.indices for b in batches]).tolist() == [i for i in range(N) if i not in GONE]
         assert [b.dropped for b in batches] == [0, 1, 0]
-        assert loader.failures == len(gone) and loader.failures_total == rerun * len(gone)
+        assert loader.failures == len(GONE) and loader.failures_total == rerun * len(GONE)
         assert loader.batches_done == len(loader) == 5
     loader.close()
-    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2 * len(gone)  # logged by the workers
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2 * len(GONE)  # logged by the workers
+
+
+@pytest.mark.parametrize("lookahead", [0, 1])
+@pytest.mark.filterwarnings("ignore:quarantined at load time")
+def test_a_batch_loaded_ahead_counts_only_once_handed_out(dataset, tmp_path, lookahead):
+    """With the next batch already loaded and on its way to the device (lookahead 1: the CUDA path's order of
+    events, run here on the CPU) the position and failure counts are those of the batches handed out: the
+    failed batches before the first one are counted with it, and a loader resumed from a break yields the rest."""
+    first = with_missing_images(dataset, tmp_path, workers=0)
+    first._feed.lookahead = lookahead
+    batch = next(iter(first))
+    assert batch.indices.tolist() == [10, 11, 12, 13, 14]
+    state = first.state_dict()
+    assert state == {"epoch": 0, "batches_done": 3, "failures": 10, "failures_total": 10}
+    resumed = with_missing_images(dataset, tmp_path, workers=0)
+    resumed._feed.lookahead = lookahead
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert [b.indices.tolist() for b in rest] == [[15, 16, 18, 19], [20, 21, 22, 23]]
+    assert [b.dropped for b in rest] == [1, 0]
+    assert resumed.state_dict() == {"epoch": 0, "batches_done": 5, "failures": 11, "failures_total": 11}
 
 
 def test_a_process_ends_with_its_loader_workers_running(dataset):
