@@ -79,7 +79,7 @@ class _Pass:
     def __init__(self) -> None:
         self.batches: list[list[tuple[int, int]]] = []
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         return iter(self.batches)
 
 
