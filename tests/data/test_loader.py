@@ -4,6 +4,7 @@ worker-independent and resumable batch order, augmentation switches, and load-ti
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,185 @@ def test_an_unknown_backend_is_a_config_error(dataset):
 
     with pytest.raises(ConfigError, match="data.backend: 'nvjpeg' is not one of"):
         create_loader(dataset.split("train"), DataConfig(**{**config().__dict__, "backend": "nvjpeg"}), train=True)
+
+
+def test_normalize_matches_float64():
+    """(x / 255 - mean) / std against float64, for NCHW and channels_last inputs and outputs."""
+    from fastprod.data.augment import Normalize
+
+    pixels = torch.randint(0, 256, (3, 3, 7, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixels[0, :, 0, 0] = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    expected = (pixels.double() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    for channels_last in (True, False):
+        normalize = Normalize(torch.device("cpu"), channels_last)
+        for images in (pixels, pixels.contiguous(memory_format=torch.channels_last)):
+            out = normalize(images)
+            assert out.dtype == torch.float32
+            assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-6)
+
+
+def pil_workers() -> set:
+    import multiprocessing
+
+    return set(multiprocessing.active_children())
+
+
+def test_workers_persist_across_passes_until_closed(dataset):
+    """One set of worker processes serves every epoch and evaluation pass of a loader; close() ends them."""
+    before = pil_workers()
+    loader = create_loader(dataset.split("train"), DataConfig(**{**config().__dict__, "workers": 2}), train=True)
+    assert pil_workers() == before  # made lazily, on the first pass
+    collect(loader)
+    workers = pil_workers() - before
+    assert len(workers) == 2
+    loader.set_epoch(1)
+    collect(loader)
+    loader.rewind()
+    collect(loader)
+    assert pil_workers() - before == workers
+    loader.close()
+    assert not any(w.is_alive() for w in workers) and pil_workers() == before
+    loader.rewind()
+    assert len(collect(loader)) == len(loader)  # a pass after close() starts new workers
+    loader.close()
+
+
+def test_persistent_workers_keep_the_order_through_breaks_evaluation_and_resume(dataset):
+    """A 2-worker loader broken off mid-epoch, then an evaluation pass (itself broken off and restarted), then
+    the rest of the epoch and the next: the batches of an uninterrupted 0-worker loader; and a fresh loader
+    restored from the state at the break yields the same, across the epoch boundary too."""
+    split = dataset.split("train")
+    two = DataConfig(**{**config().__dict__, "workers": 2})
+
+    def loader(cfg: DataConfig, train: bool = True):
+        return create_loader(split, cfg, train=train, seed=5, channels_last=False)
+
+    reference = loader(config())
+    reference.set_epoch(2)
+    epoch2 = collect(reference)
+    reference.set_epoch(3)
+    epoch3 = collect(reference)
+    evaluation = collect(loader(config(), train=False))
+
+    def same(got: list, want: list) -> None:
+        assert len(got) == len(want) > 0
+        for (a, la, ia), (b, lb, ib) in zip(got, want):
+            assert torch.equal(ia, ib) and torch.equal(la, lb) and torch.equal(a, b)
+
+    run, val = loader(two), loader(two, train=False)
+    run.set_epoch(2)
+    same(collect(run), epoch2)  # worker-count independent
+    run.rewind()
+    for done, batch in enumerate(run, 1):
+        if done == 2:
+            break  # max_steps or a signal
+    state = run.state_dict()
+    assert state["epoch"] == 2 and state["batches_done"] == 2
+    next(iter(val))  # an evaluation pass broken off after one batch ...
+    val.rewind()
+    same(collect(val), evaluation)  # ... and run whole
+    same(collect(run), epoch2[2:])
+    run.set_epoch(3)
+    same(collect(run), epoch3)
+    resumed = loader(two)
+    resumed.load_state_dict(state)
+    same(collect(resumed), epoch2[2:])
+    resumed.set_epoch(3)
+    same(collect(resumed), epoch3)
+    for ld in (run, val, resumed):
+        ld.close()
+
+
+GONE = list(range(10)) + [17]  # eval batches of 5: 0-4 and 5-9 fail whole, 15-19 loses one
+
+
+def with_missing_images(dataset, tmp_path, workers: int):
+    from fastprod.data.manifest import SplitView
+
+    good = dataset.split("train")
+    paths = [str(tmp_path / f"gone-{i}.png") if i in GONE else p for i, p in enumerate(good.paths)]
+    return create_loader(SplitView("train", paths, good.labels, good.image_ids),
+                         DataConfig(**{**config().__dict__, "workers": workers}), train=False,
+                         quarantine_log=tmp_path / "log.jsonl")
+
+
+def test_failures_are_counted_per_pass_with_persistent_workers(dataset, tmp_path):
+    """Two batches whose every image is missing and one image missing in another: counted on every pass,
+    by the same workers."""
+    loader = with_missing_images(dataset, tmp_path, workers=2)
+    for rerun in (1, 2):
+        loader.rewind()
+        batches = list(loader)
+        assert torch.cat([b.indices for b in batches]).tolist() == [i for i in range(N) if i not in GONE]
+        assert [b.dropped for b in batches] == [0, 1, 0]
+        assert loader.failures == len(GONE) and loader.failures_total == rerun * len(GONE)
+        assert loader.batches_done == len(loader) == 5
+    loader.close()
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2 * len(GONE)  # logged by the workers
+
+
+@pytest.mark.parametrize("lookahead", [0, 1])
+@pytest.mark.filterwarnings("ignore:quarantined at load time")
+def test_a_batch_loaded_ahead_counts_only_once_handed_out(dataset, tmp_path, lookahead):
+    """With the next batch already loaded and on its way to the device (lookahead 1: the CUDA path's order of
+    events, run here on the CPU) the position and failure counts are those of the batches handed out: the
+    failed batches before the first one are counted with it, and a loader resumed from a break yields the rest."""
+    first = with_missing_images(dataset, tmp_path, workers=0)
+    first._feed.lookahead = lookahead
+    batch = next(iter(first))
+    assert batch.indices.tolist() == [10, 11, 12, 13, 14]
+    state = first.state_dict()
+    assert state == {"epoch": 0, "batches_done": 3, "failures": 10, "failures_total": 10}
+    resumed = with_missing_images(dataset, tmp_path, workers=0)
+    resumed._feed.lookahead = lookahead
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert [b.indices.tolist() for b in rest] == [[15, 16, 18, 19], [20, 21, 22, 23]]
+    assert [b.dropped for b in rest] == [1, 0]
+    assert resumed.state_dict() == {"epoch": 0, "batches_done": 5, "failures": 11, "failures_total": 11}
+
+
+def test_a_process_ends_with_its_loader_workers_running(dataset):
+    """No close(), a pass broken off with batches in flight: the interpreter still exits, and the workers with it."""
+    from training import launch
+
+    code = (
+        "import multiprocessing\n"
+        "from fastprod.config import DataConfig\n"
+        "from fastprod.data.loaders import create_loader\n"
+        "from fastprod.data.manifest import Manifest\n"
+        f"cfg = DataConfig(manifest='unused', image_size={SIZE}, batch_size=2, workers=2)\n"
+        f"loader = create_loader(Manifest.load({str(dataset.directory)!r}).split('train'), cfg, train=True)\n"
+        "next(iter(loader))\n"
+        "print(*[p.pid for p in multiprocessing.active_children()])\n"
+    )
+    done = launch([sys.executable, "-c", code], timeout=120)
+    pids = [int(pid) for pid in done.stdout.split()]
+    assert len(pids) == 2
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z", pid  # gone (or a zombie)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: pinned memory and the side-stream "
+                    "prefetch are the CUDA path of DeviceFeed")
+def test_cuda_batches_match_the_cpu_while_the_step_runs_behind(dataset):
+    """Each batch is read on the current stream only after a long kernel there (a step still running): if its
+    upload were not awaited, or its memory not recorded on that stream, a later upload on the side stream
+    would overwrite it first."""
+    split = dataset.split("train")
+    cpu = collect(create_loader(split, config(), train=True, seed=5))
+    loader = create_loader(split, config(), train=True, seed=5, device=torch.device("cuda"))
+    got = []
+    for batch in loader:
+        assert batch.images.is_cuda and batch.labels.is_cuda and batch.images.dtype == torch.float32
+        assert batch.images.is_contiguous(memory_format=torch.channels_last)
+        torch.cuda._sleep(20_000_000)  # ~10 ms of a step before the batch is read
+        got.append((batch.images.clone(), batch.labels.clone(), batch.indices))
+    torch.cuda.synchronize()
+    assert len(got) == len(cpu) > 0
+    for (a, la, ia), (b, lb, ib) in zip(got, cpu):
+        assert torch.equal(ia, ib) and torch.equal(la.cpu(), lb)
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=1e-6)

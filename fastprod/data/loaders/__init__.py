@@ -2,7 +2,8 @@
 
 A loader yields `Batch`es of normalised, channels_last float images on the training device with
 their labels and sample indices (for per-sample state such as O2U weights), shards by
-data-parallel rank, is seeded per epoch, and resumes mid-epoch through `state_dict()`.
+data-parallel rank, is seeded per epoch, and resumes mid-epoch through `state_dict()`; `close()` ends
+what it keeps between passes (the PIL backend's worker processes).
 """
 
 from __future__ import annotations

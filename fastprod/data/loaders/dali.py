@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +42,11 @@ from PIL import Image
 
 from fastprod.config import DataConfig
 from fastprod.data import augmentations
-from fastprod.data.augment import MEAN, STD, normalize_on_device
+from fastprod.data.augment import MEAN, STD
 from fastprod.data.augmentations import crop
 from fastprod.data.augmentations.core import DALIGraph
 from fastprod.data.images import MAX_ASPECT, MAX_PIXELS, ImageError, check_geometry, load_rgb
-from fastprod.data.loaders.base import Batch, Loader
+from fastprod.data.loaders.base import Loaded, Loader
 from fastprod.data.manifest import SplitView
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -92,34 +92,24 @@ class _Pending:
 
 
 class DALILoader(Loader):
-    def __init__(
-        self, split: SplitView, cfg: DataConfig, *, train: bool, rank: int, world: int, seed: int,
-        device: torch.device, channels_last: bool, quarantine_log: Path | None,
-    ) -> None:
-        super().__init__(len(split))
-        self._fn, self._pipeline_def, self._types, self._feed = _import_dali()
-        self.split, self.cfg, self.train = split, cfg, train
-        self.rank, self.world, self.seed = rank, world, seed
-        self.device, self.channels_last, self.quarantine_log = device, channels_last, quarantine_log
-        self.batch_size = cfg.batch_size if train else cfg.eval_batch_size
-        self.threads = max(1, min(cfg.workers, os.cpu_count() or 1))
-        self.gpu = device.type == "cuda"
-        self.device_id = (device.index if device.index is not None else torch.cuda.current_device()) if self.gpu else None
-        self.known_bad = read_quarantined(quarantine_log, split.paths)
+    def __init__(self, split: SplitView, cfg: DataConfig, **common) -> None:
+        super().__init__(split, cfg, **common)
+        self._fn, self._pipeline_def, self._types, self._feed_ndarray = _import_dali()
+        self.cfg = cfg
+        self.gpu = self.device.type == "cuda"
+        self.device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
+            if self.gpu else None
+        self.known_bad = read_quarantined(self.quarantine.log, split.paths)
         # the pipeline: its stages in order, the first (the crop) decoding; fed the encoded bytes, then each
         # stage's columns
-        self.stages = augmentations.stages(cfg.augment) if train else [crop]
+        self.stages = augmentations.stages(cfg.augment) if self.train else [crop]
         self._columns = 1 + sum(stage.DALI_COLUMNS for stage in self.stages)
         self._conditionals = any(getattr(stage, "DALI_CONDITIONAL", False) for stage in self.stages)
 
     # ---- feeding -------------------------------------------------------------------------------
     def _quarantine(self, index: int, err: Exception) -> None:
         self.known_bad.add(index)
-        record = {"path": self.split.paths[index], "index": index, "reason": str(err) or type(err).__name__}
-        warnings.warn(f"quarantined at load time: {record['path']}: {record['reason']}")
-        if self.quarantine_log is not None:
-            with open(self.quarantine_log, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        self.quarantine(index, err)
 
     def _encoded(self, index: int, with_pil: bool) -> tuple[np.ndarray, int, int]:
         """(bytes for DALI, height, width); raises ImageError/OSError for an unusable file."""
@@ -177,7 +167,7 @@ class DALILoader(Loader):
                     return cols
             raise StopIteration
 
-        @self._pipeline_def(batch_size=self.batch_size, num_threads=self.threads, device_id=self.device_id,
+        @self._pipeline_def(batch_size=self.batch_size, num_threads=max(1, self.workers), device_id=self.device_id,
                             prefetch_queue_depth=2, enable_conditionals=self._conditionals)
         def graph():
             fed = fn.external_source(source=source, num_outputs=self._columns, batch=True)
@@ -199,13 +189,12 @@ class DALILoader(Loader):
         if self.gpu:
             tensor = tl.as_tensor()
             images = torch.empty(tensor.shape(), dtype=torch.float32, device=self.device)
-            self._feed(tensor, images, cuda_stream=torch.cuda.current_stream(self.device))
+            self._feed_ndarray(tensor, images, cuda_stream=torch.cuda.current_stream(self.device))
             images = images.permute(0, 3, 1, 2)
             return images if self.channels_last else images.contiguous()
-        images = torch.from_numpy(np.array(tl.as_tensor())).permute(0, 3, 1, 2)
-        return normalize_on_device(images, self.device, self.channels_last)
+        return torch.from_numpy(np.array(tl.as_tensor())).permute(0, 3, 1, 2)  # uint8, normalised on the device
 
-    def __iter__(self):
+    def _load(self) -> Iterator[Loaded]:
         todo = deque((([i for i, _ in b], b[0][1], False) for b in self._batches()[self.batches_done:]))
         pending: deque[_Pending] = deque()
         pipe = self._build(todo, pending) if todo else None
@@ -215,7 +204,7 @@ class DALILoader(Loader):
             except StopIteration:
                 break
             except Exception as err:  # noqa: BLE001 - DALI reports a failed decode as RuntimeError
-                self._skip_empty(pending)
+                yield from self._skip_empty(pending)
                 if not pending:
                     raise
                 failed = pending.popleft()
@@ -227,18 +216,13 @@ class DALILoader(Loader):
                 del pipe
                 pipe = self._build(todo, pending)
                 continue
-            self._skip_empty(pending)
+            yield from self._skip_empty(pending)
             rec = pending.popleft()
-            images = self._to_torch(out)
-            self.batches_done += 1
-            self._dropped(rec.dropped)
-            yield Batch(images, rec.labels.to(self.device, non_blocking=True), rec.indices, rec.dropped)
+            yield Loaded(self._to_torch(out), rec.labels, rec.indices, rec.dropped)
         for rec in pending:  # batches whose every sample was dropped
-            self._dropped(rec.dropped)
-            self.batches_done += 1
+            yield Loaded.failed(rec.dropped)
 
-    def _skip_empty(self, pending: deque[_Pending]) -> None:
-        """Pass the batches at the front whose every sample was dropped (DALI never ran them)."""
+    def _skip_empty(self, pending: deque[_Pending]) -> Iterator[Loaded]:
+        """Pass on the batches at the front whose every sample was dropped (DALI never ran them)."""
         while pending and pending[0].indices.numel() == 0:
-            self._dropped(pending.popleft().dropped)
-            self.batches_done += 1
+            yield Loaded.failed(pending.popleft().dropped)

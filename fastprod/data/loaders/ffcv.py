@@ -30,9 +30,7 @@ the loader drops it from its batch, counts it in `Batch.dropped` and logs it to 
 
 from __future__ import annotations
 
-import json
-import os
-import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +38,7 @@ import torch
 
 from fastprod.config import DataConfig
 from fastprod.data import augmentations
-from fastprod.data.augment import normalize_on_device
-from fastprod.data.loaders.base import Batch, Loader
+from fastprod.data.loaders.base import Loaded, Loader
 from fastprod.data.manifest import SplitView
 
 
@@ -77,11 +74,8 @@ class _FixedOrder:
 class FFCVLoader(Loader):
     FUSE_GEOMETRY = True  # crop + resize + flip + rotation/perspective in the decoder (False: op by op)
 
-    def __init__(
-        self, split: SplitView, cfg: DataConfig, *, train: bool, rank: int, world: int, seed: int,
-        device: torch.device, channels_last: bool, quarantine_log: Path | None,
-    ) -> None:
-        super().__init__(len(split))
+    def __init__(self, split: SplitView, cfg: DataConfig, **common) -> None:
+        super().__init__(split, cfg, **common)
         try:
             from ffcv.fields.basics import IntDecoder
             from ffcv.loader import Loader as FFCV, OrderOption
@@ -93,14 +87,11 @@ class FFCVLoader(Loader):
                               "pip install 'fastprod[ffcv]'") from err
         from fastprod.data.ffcv_writer import check_beton
 
-        self.split, self.train, self.rank, self.world, self.seed = split, train, rank, world, seed
-        self.device, self.channels_last, self.quarantine_log = device, channels_last, quarantine_log
-        self.batch_size = cfg.batch_size if train else cfg.eval_batch_size
         path = beton_path(cfg, split.name)
         check_beton(path, split)
-        self.box = np.array([seed, 0], dtype=np.int64)  # (seed, epoch), read by the compiled operations
+        self.box = np.array([self.seed, 0], dtype=np.int64)  # (seed, epoch), read by the compiled operations
         size, aug = cfg.image_size, cfg.augment
-        if train:  # the crop is the decoder; each later stage an operation, unless the decoder fuses it
+        if self.train:  # the crop is the decoder; each later stage an operation, unless the decoder fuses it
             decoder = ffcv_ops.SeededRandomResizedCrop(self.box, size, aug, fused=self.FUSE_GEOMETRY)
             fused = decoder.FUSES if self.FUSE_GEOMETRY else ()
             ops = [decoder] + [ffcv_ops.SeededOperation(stage, self.box, size, aug)
@@ -110,19 +101,12 @@ class FFCVLoader(Loader):
         ints = lambda: [IntDecoder(), ToTensor()]  # noqa: E731
         _keep_torch_threads()
         self._ffcv = FFCV(
-            str(path), batch_size=self.batch_size, num_workers=max(1, min(cfg.workers, os.cpu_count() or 1)),
+            str(path), batch_size=self.batch_size, num_workers=max(1, self.workers),
             order=OrderOption.SEQUENTIAL, drop_last=False, os_cache=True, batches_ahead=2,
             pipelines={"image": ops + [ToTensor()], "label": ints(), "index": ints(), "ok": ints()},
         )
 
-    def _quarantine(self, index: int) -> None:
-        record = {"path": self.split.paths[index], "index": index, "reason": "unreadable when the .beton was written"}
-        warnings.warn(f"quarantined at load time: {record['path']}: {record['reason']}")
-        if self.quarantine_log is not None:
-            with open(self.quarantine_log, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def __iter__(self):
+    def _load(self) -> Iterator[Loaded]:
         remaining = self._batches()[self.batches_done :]
         if not remaining:
             return
@@ -131,19 +115,15 @@ class FFCVLoader(Loader):
         self._ffcv.traversal_order = _FixedOrder(order)
         self._ffcv.first_traversal_order = order  # FFCV sizes the pass (len) from this
         for images, labels, indices, ok in self._ffcv:
-            self.batches_done += 1
             good = ok.view(-1) == 1
             dropped = int((~good).sum())
-            self._dropped(dropped)
             for i in indices.view(-1)[~good].tolist():
-                self._quarantine(i)
+                self.quarantine(i, "unreadable when the .beton was written")
             if not bool(good.any()):
+                yield Loaded.failed(dropped)
                 continue
             images = images[good] if dropped else images
             indices = indices.view(-1)[good].clone()
             # labels from the manifest, not the .beton: a relabelled manifest with the same rows stays right
             labels = torch.as_tensor(self.split.labels[indices.numpy()], dtype=torch.int64)
-            yield Batch(
-                normalize_on_device(images.permute(0, 3, 1, 2), self.device, self.channels_last),
-                labels.to(self.device, non_blocking=True), indices, dropped,
-            )
+            yield Loaded(images.permute(0, 3, 1, 2), labels, indices, dropped)
