@@ -195,6 +195,14 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train to the end of the schedule (resuming if the run directory holds a checkpoint); the summary."""
+        try:
+            return self._fit()
+        finally:  # the loaders' worker processes serve every epoch and validation pass of this run, no more
+            self.train_loader.close()
+            self.val_loader.close()
+
+    def _fit(self) -> dict:
         state = self.checkpointer.load()
         if state is not None:
             self.load_state_dict(state)
