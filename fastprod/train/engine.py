@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import deepspeed
+import numpy as np
 import torch
 import yaml
 from torch.profiler import record_function
@@ -38,7 +39,7 @@ from fastprod.schedule import SGDR
 from fastprod.train.checkpoint import Checkpointer
 from fastprod.train.distributed import Dist, all_reduce
 from fastprod.train.errors import RunError
-from fastprod.train.evaluate import evaluate
+from fastprod.train.evaluate import SHOT_GROUPS, evaluate
 from fastprod.train.lock import RunLock
 from fastprod.train.metrics import MetricsLogger, StepMeter
 from fastprod.train.perf import peak_flops, peak_memory_gib, training_flops_per_image
@@ -135,6 +136,7 @@ class Trainer:
             channels_last=cfg.model.channels_last, quarantine_log=self.run_dir / "quarantine_runtime.jsonl",
         )
         self.train_split = self.manifest.split(cfg.data.train_split)
+        self.train_class_sizes = np.bincount(self.train_split.labels, minlength=self.manifest.num_classes)
         self.train_loader = create_loader(self.train_split, cfg.data, train=True, **loader_args)
         self.val_loader = create_loader(self.manifest.split(cfg.data.val_split), cfg.data, train=False, **loader_args)
 
@@ -244,7 +246,9 @@ class Trainer:
                 raise SystemExit(143)
             self.last_val = self.validate()
             self.metrics.log("val", self.step, epoch=epoch + 1, **self.last_val)
-            self._print(f"epoch {epoch + 1}: val top-1 error {100 * self.last_val['top1_error']:.2f}% "
+            groups = ", ".join(f"{name} {100 * self.last_val[f'top1_error_{name}']:.1f}%" for name in SHOT_GROUPS
+                               if self.last_val[f"top1_error_{name}"] is not None)
+            self._print(f"epoch {epoch + 1}: val top-1 error {100 * self.last_val['top1_error']:.2f}% ({groups}) "
                         f"loss {self.last_val['loss']:.4f}", bar)
             if self.step >= self.total_steps:
                 break
@@ -358,7 +362,7 @@ class Trainer:
         split = self.manifest.split(self.cfg.data.val_split)
         result = evaluate(self.engine, self.val_loader, len(split), self.dist.device)
         self._check_load_failures(split, result.failures)
-        return result.metrics(split.labels)
+        return result.metrics(split.labels, self.train_class_sizes)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _check_load_failures(self, split: SplitView, failures: float) -> None:
@@ -375,6 +379,7 @@ class Trainer:
         dropped = int(all_reduce([self.train_loader.failures_total], self.dist.device)[0])
         return {
             "val_top1_error": self.last_val.get("top1_error"), "val_loss": self.last_val.get("loss"),
+            **{f"val_{key}": value for key, value in self.last_val.items() if key.startswith(("top1_error_", "classes_"))},
             "val_images": self.last_val.get("images"), "steps": self.step, "epochs": self.cfg.schedule.epochs,
             "skipped_steps": self.skipped_steps, "quarantined_at_load": dropped,
             "val_load_failures": self.last_val.get("load_failures"),

@@ -1,6 +1,10 @@
 """The one evaluation loop: a model scores every sample of a split (the trainer's validation after each
 epoch, 2-fold cleaning's cross prediction of seed section 4, the ladder's diagnosis of its final models).
 
+Validation error is also reported per shot group (`SHOT_GROUPS`): classes with many (> 100), medium (20-100)
+and few (< 20) training images, the long-tail literature's thresholds (Liu et al., OLTR, CVPR 2019), so every
+run shows where its error is (on AliProducts most classes are medium- or few-shot).
+
 Per-sample results stay on the device until the pass is over and are then summed across ranks in one
 collective (evaluation shards are disjoint), so the loop never waits on the host per batch.
 """
@@ -16,6 +20,10 @@ from fastprod.data.loaders import Loader
 from fastprod.train.distributed import all_reduce, all_reduce_tensor
 
 
+# name -> (min, max) training images per class, inclusive
+SHOT_GROUPS = {"many": (101, None), "medium": (20, 100), "few": (0, 19)}
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Per sample of the split: whether it loaded, its arg-max class (-1 if not loaded), the probability and
@@ -27,12 +35,22 @@ class Evaluation:
     ce: np.ndarray
     failures: int
 
-    def metrics(self, labels: np.ndarray) -> dict:
-        """Top-1 error and mean cross entropy over the samples that loaded."""
+    def metrics(self, labels: np.ndarray, train_class_sizes: np.ndarray | None = None) -> dict:
+        """Top-1 error and mean cross entropy over the samples that loaded; with the training images per class,
+        also the top-1 error of each shot group (`top1_error_few` ...; None for a group without validation
+        images) and how many classes each group holds (`classes_few` ...)."""
         count = int(self.loaded.sum())
-        correct = int((self.pred[self.loaded] == labels[self.loaded]).sum())
-        return {"top1_error": 1 - correct / max(count, 1), "loss": float(self.ce[self.loaded].sum()) / max(count, 1),
-                "images": count, "load_failures": self.failures}
+        wrong = self.loaded & (self.pred != labels)
+        out = {"top1_error": int(wrong.sum()) / max(count, 1),
+               "loss": float(self.ce[self.loaded].sum()) / max(count, 1), "images": count,
+               "load_failures": self.failures}
+        if train_class_sizes is not None:
+            for name, (low, high) in SHOT_GROUPS.items():
+                in_group = (train_class_sizes >= low) & (train_class_sizes <= (high if high is not None else np.inf))
+                rows = self.loaded & in_group[labels]
+                out[f"top1_error_{name}"] = int(wrong[rows].sum()) / int(rows.sum()) if rows.any() else None
+                out[f"classes_{name}"] = int(in_group.sum())
+        return out
 
 
 @torch.no_grad()

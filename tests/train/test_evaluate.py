@@ -44,3 +44,22 @@ def test_evaluate_matches_a_plain_loop_and_leaves_out_images_that_fail(manifest_
     np.testing.assert_allclose(metrics["loss"], F.cross_entropy(logits, labels).item(), rtol=1e-6)
     np.testing.assert_allclose(result.conf[indices.numpy()], logits.softmax(1).gather(1, labels[:, None]).squeeze(1),
                                rtol=1e-5)
+
+
+def test_shot_group_errors_count_each_class_by_its_training_images():
+    """Classes with > 100 / 20-100 / < 20 training images; each group's error over its loaded validation images."""
+    from fastprod.train.evaluate import Evaluation
+
+    rng = np.random.default_rng(0)
+    sizes = np.array([500, 101, 100, 20, 19, 1, 0])  # every boundary
+    labels = rng.integers(0, len(sizes), 400)
+    pred = np.where(rng.random(400) < 0.6, labels, (labels + 1) % len(sizes))
+    loaded = rng.random(400) < 0.9
+    result = Evaluation(loaded, np.where(loaded, pred, -1), np.ones(400), np.ones(400), failures=0)
+    metrics = result.metrics(labels, sizes)
+    groups = {"many": [0, 1], "medium": [2, 3], "few": [4, 5, 6]}
+    for name, classes in groups.items():
+        rows = [i for i in range(400) if loaded[i] and labels[i] in classes]
+        assert metrics[f"top1_error_{name}"] == sum(pred[i] != labels[i] for i in rows) / len(rows)
+        assert metrics[f"classes_{name}"] == len(classes)
+    assert result.metrics(labels, np.full(len(sizes), 50))["top1_error_few"] is None  # no few-shot class
