@@ -17,7 +17,7 @@ from row_cases import poison_allocations, run_in_interpreter
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    """Blocks of 256 classes in the chunked path, so every case spans many blocks (and a partial last one)."""
+    """Blocks of a few rows in the chunked path (one for C >= 1024), so every case spans several."""
     monkeypatch.setattr("fastprod.kernels.linear_loss.chunked.BLOCK_ELEMENTS", 1024)
 
 
@@ -79,7 +79,7 @@ def interpreter_main() -> None:
     """Run under TRITON_INTERPRET=1: every case through the Triton kernels in float32 with small tiles,
     allocations poisoned with NaN so any output element left unwritten fails."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    from fastprod.kernels.linear_loss.autograd import LinearBackend, LinearLossFunction
+    from fastprod.kernels.linear_loss.autograd import LinearBackend, LinearLossFunction, loss_from_lse
     from fastprod.kernels.linear_loss.triton import linear_grads_triton, linear_lse_triton
     from fastprod.kernels.reference import LossOutput, LossParams
 
@@ -87,10 +87,10 @@ def interpreter_main() -> None:
 
     def triton_loss(x, w, b, target, *, weights, smoothing, alpha, beta, A, blocks):
         chunk = 4 * blocks["BLOCK_C"] + 7  # several gradient launches, the last one partial
-        backend = LinearBackend(partial(linear_lse_triton, blocks=blocks),
+        backend = LinearBackend(partial(loss_from_lse, partial(linear_lse_triton, blocks=blocks)),
                                 partial(linear_grads_triton, blocks=blocks, class_chunk=chunk))
         p = LossParams(smoothing, alpha, beta, A)
-        return LossOutput(*LinearLossFunction.apply(x, w, b, target, weights, p, backend))
+        return LossOutput(*LinearLossFunction.apply(x, w, b, target, weights, p, backend, torch.is_grad_enabled()))
 
     small = {"BLOCK_B": 16, "BLOCK_C": 32, "BLOCK_D": 16}
     for case in CASES:
