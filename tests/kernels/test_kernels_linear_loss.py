@@ -10,10 +10,13 @@ from functools import partial
 import pytest
 import torch
 
-from fastprod.config import A_OFFICIAL
+from fastprod.config import A_OFFICIAL, LossConfig
 from fastprod.kernels import linear_cross_entropy
-from linear_cases import CASES, check_against_reference, make_case
+from fastprod.kernels.reference import reference_loss
+from fastprod.losses import create_loss
+from linear_cases import CASES, REALISTIC, check_against_reference, make_case
 from row_cases import poison_allocations, run_in_interpreter
+
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
@@ -21,11 +24,51 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr("fastprod.kernels.linear_loss.chunked.BLOCK_ELEMENTS", 1024)
 
 
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-D{c[1]}-C{c[2]}-bias{int(c[3])}-e{c[4]}-b{c[6]}")
 def test_chunked_path_matches_reference_in_float64(case):
     check_against_reference(partial(linear_cross_entropy, impl="chunked"), case, torch.float64, 1e-9)
+
+
+@pytest.mark.parametrize("grad_output", [1.0, 0.3])
+def test_chunked_path_at_a_realistic_shape(grad_output):
+    """A training-sized head (64 rows, D = 128, 50,030 classes) backpropagated from the loss alone, as a training
+    step does: the gradient the forward computed, handed over as is (grad_output == 1) or scaled."""
+    check_against_reference(partial(linear_cross_entropy, impl="chunked"), REALISTIC, torch.float64, 1e-9,
+                            grad_output=grad_output)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_create_loss_fused_linear_matches_reference(inplace):
+    """create_loss(cfg, inplace_backward=...) on loss.impl=fused_linear: the same loss and gradients either way
+    (it has no logits to overwrite)."""
+    cfg = LossConfig(name="sce", label_smoothing=0.1, sce_beta=0.1, impl="fused_linear")
+    loss = create_loss(cfg, inplace_backward=inplace)
+    check_against_reference(lambda x, w, b, target, weights, **_: loss(x, w, b, target, weights=weights),
+                            REALISTIC, torch.float64, 1e-9, grad_output=1.0)
+
+
+def test_a_second_backward_recomputes_the_gradient():
+    """The gradient the forward computed serves one backward; a second one (retain_graph) recomputes it."""
+    (x, w, b), target, weights = make_case(6, 16, 900, True, True, [2], zero_weight=[4])
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    out = linear_cross_entropy(*leaves, target, weights=weights, smoothing=0.1, beta=0.1, impl="chunked")
+    out.loss.backward(retain_graph=True)
+    out.loss.backward(torch.tensor(0.5, dtype=torch.float64))
+    ref = [t.clone().requires_grad_() for t in (x, w, b)]
+    ref_loss = reference_loss(torch.nn.functional.linear(*ref), target, weights=weights, smoothing=0.1, beta=0.1).loss
+    for got, want in zip(leaves, torch.autograd.grad(ref_loss, ref)):
+        torch.testing.assert_close(got.grad, 1.5 * want, atol=1e-12, rtol=1e-10)
+
+
+def test_no_gradient_under_no_grad():
+    """Under torch.no_grad() the forward computes the loss alone (the same loss), and nothing needs a backward."""
+    (x, w, b), target, weights = make_case(5, 8, 300, True, True, [1])
+    x.requires_grad_()
+    with torch.no_grad():
+        out = linear_cross_entropy(x, w, b, target, weights=weights, beta=0.1, impl="chunked")
+    ref = reference_loss(x.detach() @ w.T + b, target, weights=weights, beta=0.1)
+    torch.testing.assert_close(out.per_sample, ref.per_sample, atol=1e-12, rtol=1e-10)
+    assert not out.loss.requires_grad and x.grad is None
 
 
 def test_chunked_path_frozen_weight_float32():
