@@ -97,11 +97,12 @@ def measure(path: str, args: argparse.Namespace, dim: int, threads: int) -> dict
 
 @contextmanager
 def competing_load(on: bool) -> Iterator[None]:
-    """A second CPU-bound process (one busy Python thread) running for the duration, when `on`."""
+    """A second CPU-bound process (one busy Python thread) running for the duration, when `on`; it also stops
+    when this process dies."""
     if not on:
         yield
         return
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    busy = subprocess.Popen([sys.executable, "-c", f"import os\nwhile os.getppid() == {os.getpid()}: pass"])
     try:
         yield
     finally:

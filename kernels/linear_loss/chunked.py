@@ -30,11 +30,17 @@ def row_chunk(n_rows: int, n_classes: int) -> int:
 
 def _row_blocks(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
                 acc: torch.dtype) -> Iterator[tuple[slice, torch.Tensor]]:
-    """(rows, their logits x w^T + b as `acc`) for each block of rows."""
+    """(rows, their logits x w^T + b as `acc`) for each block of rows, all computed into one buffer: a block
+    is overwritten by the next, so it must be used up before asking for that one."""
     step = row_chunk(x.shape[0], w.shape[0])
+    buffer = torch.empty((step, w.shape[0]), dtype=x.dtype, device=x.device)
     for r0 in range(0, x.shape[0], step):
         rows = slice(r0, r0 + step)
-        z = torch.mm(x[rows], w.T) if b is None else torch.addmm(b, x[rows], w.T)
+        z = buffer[: x[rows].shape[0]]
+        if b is None:
+            torch.mm(x[rows], w.T, out=z)
+        else:
+            torch.addmm(b, x[rows], w.T, out=z)
         yield rows, z.to(acc)
 
 
