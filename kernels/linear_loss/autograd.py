@@ -92,7 +92,7 @@ def linear_cross_entropy(features: torch.Tensor, weight: torch.Tensor, bias: tor
                          params: LossParams | None = None, impl: LinearImpl = "auto", **terms: float) -> LossOutput:
     """`reference_loss(F.linear(features, weight, bias), target, ...)` without the [B, C] logits, for `params`
     or the LossParams of the keyword `terms` (smoothing, alpha, beta, A, ignore_index): Triton on CUDA,
-    class-chunked torch elsewhere; impl="reference" runs exactly that naive expression."""
+    row-chunked torch elsewhere; impl="reference" runs exactly that naive expression."""
     p = loss_params(params, terms)
     if impl == "reference":
         return reference_loss(F.linear(features, weight, bias), target, weights=weights, params=p)

@@ -1,5 +1,5 @@
 """The fused head + loss (kernels/linear_loss) against the naive F.linear + reference_loss in float64:
-the class-chunked torch path in this process, the Triton kernels under TRITON_INTERPRET=1 in a
+the row-chunked torch path in this process, the Triton kernels under TRITON_INTERPRET=1 in a
 subprocess (this file run as a script), and both kernels compiled for sm_80/90."""
 
 from __future__ import annotations
