@@ -60,6 +60,20 @@ def test_a_second_backward_recomputes_the_gradient():
         torch.testing.assert_close(got.grad, 1.5 * want, atol=1e-12, rtol=1e-10)
 
 
+def test_per_sample_alone_matches_reference():
+    """Only per_sample backpropagated (the loss output unused): the gradient recomputed with per-row scales."""
+    (x, w, b), target, weights = make_case(6, 16, 900, True, True, [2], zero_weight=[4])
+    r = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    grads = []
+    for impl in ("reference", "chunked"):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        (linear_cross_entropy(*leaves, target, weights=weights, smoothing=0.1, beta=0.1, impl=impl).per_sample
+         @ r).backward()
+        grads.append([t.grad for t in leaves])
+    for got, want in zip(*reversed(grads)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
 def test_no_gradient_under_no_grad():
     """Under torch.no_grad() the forward computes the loss alone (the same loss), and nothing needs a backward."""
     (x, w, b), target, weights = make_case(5, 8, 300, True, True, [1])

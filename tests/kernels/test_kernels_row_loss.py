@@ -64,6 +64,21 @@ def test_realistic_shape_matches_reference(inplace, grad_output):
     check_against_reference(fused_loss, REALISTIC, torch.float64, 1e-10, grad_output, inplace_backward=inplace)
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_per_sample_alone_matches_reference(inplace):
+    """Only per_sample backpropagated (the loss output unused): the stored gradient scaled per row."""
+    from fastprod.kernels import fused_loss
+
+    logits, target, weights = make_case(6, 999, True, [0], zero_weight=[2])
+    r = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    grads = []
+    for fn, kw in ((reference_loss, {}), (fused_loss, {"inplace_backward": inplace})):
+        z = logits.clone().requires_grad_()
+        (fn(z * 1.0, target, weights=weights, smoothing=0.1, beta=0.5, **kw).per_sample @ r).backward()
+        grads.append(z.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-12, rtol=1e-10)
+
+
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_no_gradient_buffer_without_grad(requires_grad):
     """Logits that need no gradient, or any logits under torch.no_grad(), are left alone in place."""
