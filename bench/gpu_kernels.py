@@ -10,7 +10,7 @@ against torch in the same run (kernels/; the recipe's 50,030-class SCE / O2U-wei
    / time, as a fraction of the copy bandwidth (target >= 70% for the kernel). Peak memory beyond
    the inputs and the returned gradient.
 3. Linear + loss, features [B, D] and head [C, D] + bias in bf16: naive F.linear + reference vs the
-   Triton fused op (and the class-chunked torch path): fwd+bwd time and peak memory beyond the inputs
+   Triton fused op (and the row-chunked torch path): fwd+bwd time and peak memory beyond the inputs
    and the returned gradients (target: >= 10x lower, time no worse).
 Exits 1 if any check against the reference fails (after printing every figure).
 """

@@ -44,7 +44,7 @@ else
   bench train_throughput bench/train_throughput.py --work "$OUT/train-data" --models resnet18 resnet34 --sizes 64 128 \
     --backends pil dali --precisions fp32 bf16
   bench loader bench/loader.py --work "$OUT/loader-data"
-  bench kernels_cpu bench/kernels_cpu.py
+  bench kernels_cpu bench/kernels_cpu.py --load
   bench profile_step bench/profile_step.py --out "$OUT/profile"
   bench ensemble bench/ensemble.py
   bench tta_engines bench/tta_engines.py

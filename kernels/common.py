@@ -57,12 +57,49 @@ def grad_coefficients(ce: torch.Tensor, w: torch.Tensor, row_scale: torch.Tensor
     return ws * (p.alpha + c_rce), ws * (p.alpha * (1 - p.smoothing) + c_rce), ws * (p.alpha * p.smoothing / n_classes)
 
 
-def grad_from_logits_(z: torch.Tensor, lse: torch.Tensor, target: torch.Tensor, coefs: tuple[torch.Tensor, ...],
-                      col_start: int = 0) -> torch.Tensor:
-    """Turn a chunk of logits z [R, Cc] (classes col_start..col_start+Cc) into its gradient, in place."""
+def grad_from_logits_(z: torch.Tensor, lse: torch.Tensor, target: torch.Tensor,
+                      coefs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Turn a block of rows of logits z [R, C] into their gradient, in place."""
     s, t, u = coefs
     z.sub_(lse[:, None]).exp_().mul_(s[:, None]).sub_(u[:, None])
-    local = target - col_start
-    rows = torch.nonzero((local >= 0) & (local < z.shape[1])).squeeze(1)
-    z[rows, local[rows]] -= t[rows]
-    return z
+    return z.scatter_add_(1, target[:, None], -t[:, None])
+
+
+def rows_loss_(z: torch.Tensor, target: torch.Tensor, y: torch.Tensor, w: torch.Tensor, row_scale: torch.Tensor,
+               p: LossParams, grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weighted per-sample loss, unweighted CE, lse) of a block of rows of logits z [R, C] (target, its safe
+    version y and weights w of those rows), in a few in-place passes over z, which it overwrites: with `grad`,
+    z ends as the gradient of sum_i row_scale_i loss_i (row_scale 0-d or [R])."""
+    n_classes = z.shape[1]
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    sum_z = z.sum(dim=1) if p.smoothing else None
+    m = z.amax(dim=1, keepdim=True)
+    d = z.sub_(m).exp_().sum(dim=1)
+    lse = m.squeeze(1) + d.log()
+    per_sample, ce = row_losses(lse, z_y, sum_z, w, target, n_classes, p)
+    if grad:
+        s, t, u = grad_coefficients(ce, w, row_scale, n_classes, p)
+        z.mul_((s / d)[:, None]).sub_(u[:, None]).scatter_add_(1, y[:, None], -t[:, None])
+    return per_sample, ce, lse
+
+
+def mean_loss_grad_scale(grad_loss: torch.Tensor | None, grad_per_sample: torch.Tensor | None,
+                         inv_n: torch.Tensor) -> torch.Tensor:
+    """The factor on d(mean loss)/d input when the outputs (loss, per_sample) get the gradients (grad_loss,
+    grad_per_sample), None where an output was not used: grad_loss itself (0-d) when per_sample was not used,
+    one factor per row otherwise."""
+    if grad_per_sample is None:
+        return grad_loss
+    per_row = grad_per_sample / inv_n
+    return per_row if grad_loss is None else grad_loss + per_row
+
+
+def scale_grad_(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """grad *= scale in place: the backward of a loss whose gradient the forward computed (Liger-style).
+
+    Skipped when scale is the 0-d 1 of a plain `loss.backward()`, checked on CPU only: there the multiply is
+    a full pass over the buffer ([B, C] or the head's [C, D]) and `.item()` is free; on GPU the check would be a
+    host sync that stalls the launch queue, while the multiply takes microseconds at its bandwidth."""
+    if scale.dim() == 0 and scale.device.type == "cpu" and scale.item() == 1:
+        return grad
+    return grad.mul_(scale.to(grad.dtype))

@@ -2,7 +2,8 @@
 `ce` (cross entropy with label smoothing, ce.py) and `sce` (symmetric cross entropy, sce.py), each with
 optional O2U per-sample weights and an ignore index.
 
-`create_loss(cfg)` returns a callable `(logits, target, weights=None) -> LossOutput` on the `loss.impl` path.
+`create_loss(cfg, inplace_backward=False)` returns a callable `(logits, target, weights=None) -> LossOutput` on the
+`loss.impl` path (inplace_backward=True: the fused path writes the gradient over the logits).
 The formulas and the fused kernels live in `fastprod.kernels` (`reference_loss` is the plain torch one);
 this package imports them, never the reverse.
 """

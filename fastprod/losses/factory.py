@@ -7,21 +7,26 @@ from fastprod.config import ConfigError, LossConfig
 from fastprod.losses.registry import LOSSES, LossFn
 
 
-def create_loss(cfg: LossConfig) -> LossFn:
+def create_loss(cfg: LossConfig, inplace_backward: bool = False) -> LossFn:
     """A callable `(logits, target, weights=None) -> LossOutput`; a ConfigError for a `loss.name` no loss is
     registered under, or a `loss.impl` that does not implement it.
 
-    impl="fused" gives `fastprod.kernels.fused_loss` (Triton on CUDA tensors, chunked torch otherwise), which
-    also takes `inplace_backward=True` from callers that never read the logits after the loss.
+    impl="fused" gives `fastprod.kernels.fused_loss` (Triton on CUDA tensors, chunked torch otherwise).
     impl="fused_linear" gives `fastprod.kernels.linear_cross_entropy`, called as
-    `(features, head_weight, head_bias, target, weights=None)`: the caller skips the classifier."""
+    `(features, head_weight, head_bias, target, weights=None)`: the caller skips the classifier.
+
+    inplace_backward=True (for callers that never read the logits after the loss, as a training step that
+    only backpropagates it) makes impl="fused" write the gradient over the logits during the forward: their
+    storage then holds d loss / d logits, and no [B, C] gradient buffer is allocated. Autograd refuses the
+    backward if an earlier op saved the logits for its own. The other paths have no logits to overwrite and
+    ignore it."""
     if cfg.name not in LOSSES:
         raise ConfigError(f"loss.name: {cfg.name!r} is not a registered loss (registered: {', '.join(LOSSES)})")
     loss = LOSSES[cfg.name]
     if cfg.impl not in loss.impls:
         raise ConfigError(f"loss.impl: {cfg.impl!r} does not implement loss.name {cfg.name!r} "
                           f"(implemented by: {', '.join(loss.impls)})")
-    return loss(cfg).path(cfg.impl)
+    return loss(cfg).path(cfg.impl, inplace_backward)
 
 
 __all__ = ["LossFn", "create_loss"]

@@ -20,6 +20,9 @@ PATHS: dict[str, LossFn] = {
     "fused": fused_loss,  # (logits, target, weights=None, inplace_backward=False): one fused pass per row
     "fused_linear": linear_cross_entropy,  # (features, head_weight, head_bias, target, weights=None): no logits
 }
+# the paths that can write the gradient over their input logits (fused_linear has no logits to overwrite: its CPU
+# path computes dX, dW and db in the forward and scales those buffers in place)
+INPLACE_PATHS = ("fused",)
 
 
 class Loss(ABC):
@@ -38,8 +41,11 @@ class Loss(ABC):
     def params_from(cfg: LossConfig) -> LossParams:
         """The loss's numbers from the `loss` section of the config."""
 
-    def path(self, impl: str) -> LossFn:
-        """This loss as computed by `impl` (one of `impls`), its numbers bound."""
+    def path(self, impl: str, inplace_backward: bool = False) -> LossFn:
+        """This loss as computed by `impl` (one of `impls`), its numbers bound; `inplace_backward` as in
+        `create_loss`."""
+        if inplace_backward and impl in INPLACE_PATHS:
+            return partial(PATHS[impl], params=self.params, inplace_backward=True)
         return partial(PATHS[impl], params=self.params)
 
 

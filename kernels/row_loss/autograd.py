@@ -3,9 +3,12 @@ weights, seed section 3) as one fused row-wise pass with the gradient computed i
 for logits already in memory.
 
 The forward writes d(mean loss)/d logits into a buffer; the backward only scales it by the incoming
-gradient. With `inplace_backward=True` that buffer is the logits tensor itself (no extra [B, C]
-memory): the caller promises not to read the logits after this call. Their version counter is bumped,
-so autograd raises if an earlier op saved them for its own backward.
+gradient, and not at all when that is the 1 of a plain `loss.backward()` on CPU (`common.scale_grad_`).
+With `inplace_backward=True` that buffer is the logits tensor itself (no extra [B, C] memory): the
+logits' storage is overwritten by their gradient during the forward, so the caller promises that nothing
+reads the logits after this call (a training step that only backpropagates the loss). Their version
+counter is bumped, so autograd raises if an earlier op saved them for its own backward. No gradient is
+computed, and the logits are left alone, under `torch.no_grad()` or for logits that need none.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from fastprod.kernels.common import inv_valid_count
+from fastprod.kernels.common import inv_valid_count, mean_loss_grad_scale, scale_grad_
 from fastprod.kernels.reference import LossOutput, LossParams, loss_params
 
 RowImpl = Literal["auto", "triton", "torch"]
@@ -38,10 +41,12 @@ class RowLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, p: LossParams,
-                inplace_backward: bool, backend: RowBackend) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                inplace_backward: bool, backend: RowBackend, grad_enabled: bool,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)
         inv_n = inv_valid_count(target, p, logits.dtype)
         grad = None
-        if ctx.needs_input_grad[0]:
+        if grad_enabled and ctx.needs_input_grad[0]:
             grad = logits if inplace_backward else torch.empty_like(logits, memory_format=torch.contiguous_format)
         per_sample, ce = backend(logits, target, weights, inv_n, p, grad)
         if inplace_backward and grad is not None:
@@ -51,10 +56,10 @@ class RowLossFunction(torch.autograd.Function):
         return per_sample.sum() * inv_n, per_sample, ce
 
     @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor, grad_per_sample: torch.Tensor | None, _grad_ce: torch.Tensor | None):
+    def backward(ctx, grad_loss: torch.Tensor | None, grad_per_sample: torch.Tensor | None, _grad_ce: None):
         grad, inv_n = ctx.saved_tensors
-        scale = grad_loss if grad_per_sample is None else (grad_loss + grad_per_sample / inv_n)[:, None]
-        return grad.mul_(scale.to(grad.dtype)), None, None, None, None, None
+        scale = mean_loss_grad_scale(grad_loss, grad_per_sample, inv_n)
+        return scale_grad_(grad, scale if scale.dim() == 0 else scale[:, None]), None, None, None, None, None, None
 
 
 def fused_loss(logits: torch.Tensor, target: torch.Tensor, *, weights: torch.Tensor | None = None,
@@ -63,9 +68,11 @@ def fused_loss(logits: torch.Tensor, target: torch.Tensor, *, weights: torch.Ten
     """`reference_loss` computed by one fused pass per row (Triton on CUDA, chunked torch elsewhere), for
     `params` or the LossParams of the keyword `terms` (smoothing, alpha, beta, A, ignore_index).
 
-    inplace_backward=True overwrites `logits` with their gradient during the forward: only for callers
-    that never read the logits again (a training step that only backpropagates the loss)."""
+    inplace_backward=True overwrites `logits` with their gradient during the forward (no [B, C] gradient
+    buffer): only for callers that never read the logits again (a training step that only backpropagates
+    the loss)."""
     p = loss_params(params, terms)
     backend = row_backend(impl, logits.device)
-    loss, per_sample, ce = RowLossFunction.apply(logits, target, weights, p, inplace_backward, backend)
+    loss, per_sample, ce = RowLossFunction.apply(logits, target, weights, p, inplace_backward, backend,
+                                              torch.is_grad_enabled())
     return LossOutput(loss, per_sample, ce)

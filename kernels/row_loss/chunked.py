@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from fastprod.kernels.common import grad_coefficients, grad_from_logits_, row_losses, row_weights, safe_target
+from fastprod.kernels.common import row_weights, rows_loss_, safe_target
 from fastprod.kernels.reference import LossParams
 
 CHUNK_ELEMENTS = 1 << 21  # rows per block: about 8 MiB of float32 logits
@@ -24,18 +24,12 @@ def row_loss_torch(logits: torch.Tensor, target: torch.Tensor, weights: torch.Te
     w, y = row_weights(target, weights, p, acc), safe_target(target, p)
     per_sample = torch.empty(n_rows, dtype=acc, device=logits.device)
     ce = torch.empty_like(per_sample)
+    in_place = grad_out is not None and grad_out.data_ptr() == logits.data_ptr() and logits.dtype == acc
     step = max(1, CHUNK_ELEMENTS // max(n_classes, 1))
     for r0 in range(0, n_rows, step):
         rows = slice(r0, r0 + step)
-        in_place = grad_out is not None and grad_out.data_ptr() == logits.data_ptr() and logits.dtype == acc
         z = logits[rows] if in_place else logits[rows].to(acc, copy=True)
-        lse = torch.logsumexp(z, dim=1)
-        z_y = z.gather(1, y[rows, None]).squeeze(1)
-        sum_z = z.sum(dim=1) if p.smoothing else None
-        per_sample[rows], ce[rows] = row_losses(lse, z_y, sum_z, w[rows], target[rows], n_classes, p)
-        if grad_out is not None:
-            coefs = grad_coefficients(ce[rows], w[rows], inv_n, n_classes, p)
-            g = grad_from_logits_(z, lse, y[rows], coefs)
-            if not in_place:
-                grad_out[rows].copy_(g)
+        per_sample[rows], ce[rows], _ = rows_loss_(z, target[rows], y[rows], w[rows], inv_n, p, grad_out is not None)
+        if grad_out is not None and not in_place:
+            grad_out[rows].copy_(z)
     return per_sample, ce

@@ -9,7 +9,7 @@ import torch
 
 from fastprod.config import A_OFFICIAL, A_PAPER
 from fastprod.kernels import linear_cross_entropy
-from row_cases import true_ce
+from row_cases import backpropagate, true_ce
 
 # (rows, dim, classes, bias, smoothing, alpha, beta, A, weighted, ignored rows, rows of weight 0);
 # other weights are in (0, 2)
@@ -19,6 +19,8 @@ CASES = [
     (13, 40, 4097, True, 0.2, 0.5, 1.0, A_PAPER, True, [0, 12], [5, 12]),
     (3, 8, 50030, True, 0.0, 6.0, 0.1, A_OFFICIAL, True, [1], [2]),
 ]
+# a training-sized block: the 50,030-class head, SCE with label smoothing and O2U weights
+REALISTIC = (64, 128, 50030, True, 0.1, 1.0, 0.1, A_OFFICIAL, True, [5, 40], [7, 40])
 
 
 def make_case(rows: int, dim: int, classes: int, bias: bool, weighted: bool, ignored: list[int], seed: int = 0,
@@ -35,24 +37,24 @@ def make_case(rows: int, dim: int, classes: int, bias: bool, weighted: bool, ign
     return (x, w, b), target, weights
 
 
-def run_linear(fn, params, target, weights, dtype, needs=(True, True, True), **kw):
-    """Outputs and the gradients (features, weight, bias) of loss + sum(per_sample * r)."""
+def run_linear(fn, params, target, weights, dtype, needs=(True, True, True), grad_output: float | None = None, **kw):
+    """Outputs and the gradients (features, weight, bias) (`row_cases.backpropagate`)."""
     leaves = [None if t is None else t.detach().to(dtype).requires_grad_(need) for t, need in zip(params, needs)]
     out = fn(*leaves, target, weights=None if weights is None else weights.to(dtype), **kw)
-    r = torch.linspace(0.5, 1.5, len(target), dtype=out.per_sample.dtype)
-    (out.loss + (out.per_sample * r).sum()).backward()
+    backpropagate(out, grad_output)
     return out, [None if t is None else t.grad for t in leaves]
 
 
-def check_against_reference(fn, case, dtype: torch.dtype, tol: float, needs=(True, True, True)) -> None:
+def check_against_reference(fn, case, dtype: torch.dtype, tol: float, needs=(True, True, True),
+                            grad_output: float | None = None) -> None:
     rows, dim, classes, bias, smoothing, alpha, beta, A, weighted, ignored, zero_weight = case
     params, target, weights = make_case(rows, dim, classes, bias, weighted, ignored, zero_weight=zero_weight)
     x, w, b = params
     logits = x @ w.T + (b if b is not None else 0)
     kw = dict(smoothing=smoothing, alpha=alpha, beta=beta, A=A)
     ref, ref_grads = run_linear(partial(linear_cross_entropy, impl="reference"), params, target, weights,
-                                torch.float64, **kw)
-    out, grads = run_linear(fn, params, target, weights, dtype, needs, **kw)
+                                torch.float64, grad_output=grad_output, **kw)
+    out, grads = run_linear(fn, params, target, weights, dtype, needs, grad_output, **kw)
     pairs = [("loss", out.loss, ref.loss), ("per_sample", out.per_sample, ref.per_sample), ("ce", out.ce, ref.ce),
              ("true ce", out.ce, true_ce(logits, target))]
     pairs += [(name, g, r) for name, g, r, need in zip(("dX", "dW", "db"), grads, ref_grads, needs) if need and r is not None]

@@ -24,6 +24,8 @@ CASES = [
     (3, 50030, 0.0, 6.0, 0.1, A_OFFICIAL, True, [1], [0]),
     (2, 100, 0.4, 0.1, 1.0, A_PAPER, True, [0, 1], []),
 ]
+# a training-sized block: the 50,030-class head, SCE with label smoothing and O2U weights
+REALISTIC = (64, 50030, 0.1, 1.0, 0.1, A_OFFICIAL, True, [5, 40], [7, 40])
 
 
 def make_case(rows: int, classes: int, weighted: bool, ignored: list[int], seed: int = 0, zero_weight: list[int] = ()):
@@ -44,21 +46,33 @@ def true_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(target != -100, ce, torch.zeros_like(ce))
 
 
-def run_loss(fn, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, **kw):
-    """Loss outputs and the gradient of loss + sum(per_sample * r), which exercises both outputs' backward."""
+def backpropagate(out, grad_output: float | None) -> None:
+    """loss.backward(grad_output) (the loss alone, as a training step), or with None the gradient of
+    loss + sum(per_sample * r), which exercises both outputs' backward."""
+    if grad_output is not None:
+        out.loss.backward(torch.tensor(grad_output, dtype=out.loss.dtype))
+    else:
+        r = torch.linspace(0.5, 1.5, len(out.per_sample), dtype=out.per_sample.dtype)
+        (out.loss + (out.per_sample * r).sum()).backward()
+
+
+def run_loss(fn, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
+             grad_output: float | None = None, **kw):
+    """Loss outputs and the logits' gradient (`backpropagate`)."""
     z = logits.clone().requires_grad_()
     out = fn(z, target, weights=weights, **kw)
-    r = torch.linspace(0.5, 1.5, len(target), dtype=out.per_sample.dtype)
-    (out.loss + (out.per_sample * r).sum()).backward()
+    backpropagate(out, grad_output)
     return out, z.grad
 
 
-def check_against_reference(fn, case, dtype: torch.dtype, tol: float, **extra) -> None:
+def check_against_reference(fn, case, dtype: torch.dtype, tol: float, grad_output: float | None = None,
+                            **extra) -> None:
     rows, classes, smoothing, alpha, beta, A, weighted, ignored, zero_weight = case
     logits, target, weights = make_case(rows, classes, weighted, ignored, zero_weight=zero_weight)
     kw = dict(smoothing=smoothing, alpha=alpha, beta=beta, A=A)
-    ref, ref_grad = run_loss(reference_loss, logits, target, weights, **kw)
-    out, grad = run_loss(fn, logits.to(dtype), target, None if weights is None else weights.to(dtype), **kw, **extra)
+    ref, ref_grad = run_loss(reference_loss, logits, target, weights, grad_output, **kw)
+    out, grad = run_loss(fn, logits.to(dtype), target, None if weights is None else weights.to(dtype), grad_output,
+                         **kw, **extra)
     for name, a, b in [("loss", out.loss, ref.loss), ("per_sample", out.per_sample, ref.per_sample),
                        ("ce", out.ce, ref.ce), ("true ce", out.ce, true_ce(logits, target)), ("grad", grad, ref_grad)]:
         torch.testing.assert_close(a.double(), b, atol=tol, rtol=tol, msg=lambda m: f"{name} {case}: {m}")

@@ -1,5 +1,5 @@
 """The fused head + loss (kernels/linear_loss) against the naive F.linear + reference_loss in float64:
-the class-chunked torch path in this process, the Triton kernels under TRITON_INTERPRET=1 in a
+the row-chunked torch path in this process, the Triton kernels under TRITON_INTERPRET=1 in a
 subprocess (this file run as a script), and both kernels compiled for sm_80/90."""
 
 from __future__ import annotations
@@ -10,22 +10,79 @@ from functools import partial
 import pytest
 import torch
 
-from fastprod.config import A_OFFICIAL
+from fastprod.config import A_OFFICIAL, LossConfig
 from fastprod.kernels import linear_cross_entropy
-from linear_cases import CASES, check_against_reference, make_case
+from fastprod.kernels.reference import reference_loss
+from fastprod.losses import create_loss
+from linear_cases import CASES, REALISTIC, check_against_reference, make_case
 from row_cases import poison_allocations, run_in_interpreter
+
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    """Blocks of 256 classes in the chunked path, so every case spans many blocks (and a partial last one)."""
+    """Blocks of a few rows in the chunked path (one for C >= 1024), so every case spans several."""
     monkeypatch.setattr("fastprod.kernels.linear_loss.chunked.BLOCK_ELEMENTS", 1024)
-
-
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-D{c[1]}-C{c[2]}-bias{int(c[3])}-e{c[4]}-b{c[6]}")
 def test_chunked_path_matches_reference_in_float64(case):
     check_against_reference(partial(linear_cross_entropy, impl="chunked"), case, torch.float64, 1e-9)
+
+
+@pytest.mark.parametrize("grad_output", [1.0, 0.3])
+def test_chunked_path_at_a_realistic_shape(grad_output):
+    """A training-sized head (64 rows, D = 128, 50,030 classes) backpropagated from the loss alone, as a training
+    step does: the gradient the forward computed, handed over as is (grad_output == 1) or scaled."""
+    check_against_reference(partial(linear_cross_entropy, impl="chunked"), REALISTIC, torch.float64, 1e-9,
+                            grad_output=grad_output)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_create_loss_fused_linear_matches_reference(inplace):
+    """create_loss(cfg, inplace_backward=...) on loss.impl=fused_linear: the same loss and gradients either way
+    (it has no logits to overwrite)."""
+    cfg = LossConfig(name="sce", label_smoothing=0.1, sce_beta=0.1, impl="fused_linear")
+    loss = create_loss(cfg, inplace_backward=inplace)
+    check_against_reference(lambda x, w, b, target, weights, **_: loss(x, w, b, target, weights=weights),
+                            REALISTIC, torch.float64, 1e-9, grad_output=1.0)
+
+
+def test_a_second_backward_recomputes_the_gradient():
+    """The gradient the forward computed serves one backward; a second one (retain_graph) recomputes it."""
+    (x, w, b), target, weights = make_case(6, 16, 900, True, True, [2], zero_weight=[4])
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    out = linear_cross_entropy(*leaves, target, weights=weights, smoothing=0.1, beta=0.1, impl="chunked")
+    out.loss.backward(retain_graph=True)
+    out.loss.backward(torch.tensor(0.5, dtype=torch.float64))
+    ref = [t.clone().requires_grad_() for t in (x, w, b)]
+    ref_loss = reference_loss(torch.nn.functional.linear(*ref), target, weights=weights, smoothing=0.1, beta=0.1).loss
+    for got, want in zip(leaves, torch.autograd.grad(ref_loss, ref)):
+        torch.testing.assert_close(got.grad, 1.5 * want, atol=1e-12, rtol=1e-10)
+
+
+def test_per_sample_alone_matches_reference():
+    """Only per_sample backpropagated (the loss output unused): the gradient recomputed with per-row scales."""
+    (x, w, b), target, weights = make_case(6, 16, 900, True, True, [2], zero_weight=[4])
+    r = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    grads = []
+    for impl in ("reference", "chunked"):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        (linear_cross_entropy(*leaves, target, weights=weights, smoothing=0.1, beta=0.1, impl=impl).per_sample
+         @ r).backward()
+        grads.append([t.grad for t in leaves])
+    for got, want in zip(*reversed(grads)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+def test_no_gradient_under_no_grad():
+    """Under torch.no_grad() the forward computes the loss alone (the same loss), and nothing needs a backward."""
+    (x, w, b), target, weights = make_case(5, 8, 300, True, True, [1])
+    x.requires_grad_()
+    with torch.no_grad():
+        out = linear_cross_entropy(x, w, b, target, weights=weights, beta=0.1, impl="chunked")
+    ref = reference_loss(x.detach() @ w.T + b, target, weights=weights, beta=0.1)
+    torch.testing.assert_close(out.per_sample, ref.per_sample, atol=1e-12, rtol=1e-10)
+    assert not out.loss.requires_grad and x.grad is None
 
 
 def test_chunked_path_frozen_weight_float32():
@@ -79,7 +136,7 @@ def interpreter_main() -> None:
     """Run under TRITON_INTERPRET=1: every case through the Triton kernels in float32 with small tiles,
     allocations poisoned with NaN so any output element left unwritten fails."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    from fastprod.kernels.linear_loss.autograd import LinearBackend, LinearLossFunction
+    from fastprod.kernels.linear_loss.autograd import LinearBackend, LinearLossFunction, loss_from_lse
     from fastprod.kernels.linear_loss.triton import linear_grads_triton, linear_lse_triton
     from fastprod.kernels.reference import LossOutput, LossParams
 
@@ -87,10 +144,10 @@ def interpreter_main() -> None:
 
     def triton_loss(x, w, b, target, *, weights, smoothing, alpha, beta, A, blocks):
         chunk = 4 * blocks["BLOCK_C"] + 7  # several gradient launches, the last one partial
-        backend = LinearBackend(partial(linear_lse_triton, blocks=blocks),
+        backend = LinearBackend(partial(loss_from_lse, partial(linear_lse_triton, blocks=blocks)),
                                 partial(linear_grads_triton, blocks=blocks, class_chunk=chunk))
         p = LossParams(smoothing, alpha, beta, A)
-        return LossOutput(*LinearLossFunction.apply(x, w, b, target, weights, p, backend))
+        return LossOutput(*LinearLossFunction.apply(x, w, b, target, weights, p, backend, torch.is_grad_enabled()))
 
     small = {"BLOCK_B": 16, "BLOCK_C": 32, "BLOCK_D": 16}
     for case in CASES:

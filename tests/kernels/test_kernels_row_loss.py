@@ -13,7 +13,9 @@ import torch
 from fastprod.config import A_PAPER, LossConfig
 from fastprod.kernels.reference import reference_loss
 from fastprod.losses import create_loss
-from row_cases import CASES, check_against_reference, make_case, poison_allocations, run_in_interpreter, run_loss
+from row_cases import (CASES, REALISTIC, check_against_reference, make_case, poison_allocations, run_in_interpreter,
+                       run_loss)
+
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
@@ -52,13 +54,42 @@ def test_inplace_backward_reuses_the_logits_and_guards_saved_logits():
         fused_loss(saved, target, inplace_backward=True).loss.backward()
 
 
-def test_no_gradient_buffer_without_grad():
+@pytest.mark.parametrize("grad_output", [1.0, 0.3])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_realistic_shape_matches_reference(inplace, grad_output):
+    """A training-sized block (64 rows, 50,030 classes) backpropagated from the loss alone, as a training step
+    does: the grad_output == 1 path (no multiply) and a scaled one, out of place and over the logits."""
+    from fastprod.kernels import fused_loss
+
+    check_against_reference(fused_loss, REALISTIC, torch.float64, 1e-10, grad_output, inplace_backward=inplace)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_per_sample_alone_matches_reference(inplace):
+    """Only per_sample backpropagated (the loss output unused): the stored gradient scaled per row."""
+    from fastprod.kernels import fused_loss
+
+    logits, target, weights = make_case(6, 999, True, [0], zero_weight=[2])
+    r = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    grads = []
+    for fn, kw in ((reference_loss, {}), (fused_loss, {"inplace_backward": inplace})):
+        z = logits.clone().requires_grad_()
+        (fn(z * 1.0, target, weights=weights, smoothing=0.1, beta=0.5, **kw).per_sample @ r).backward()
+        grads.append(z.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_no_gradient_buffer_without_grad(requires_grad):
+    """Logits that need no gradient, or any logits under torch.no_grad(), are left alone in place."""
     from fastprod.kernels import fused_loss
 
     logits, target, _ = make_case(3, 50, False, [])
-    before = logits.clone()
-    out = fused_loss(logits, target, inplace_backward=True)
-    assert torch.equal(logits, before) and not out.loss.requires_grad
+    logits.requires_grad_(requires_grad)
+    before = logits.detach().clone()
+    with torch.no_grad():
+        out = fused_loss(logits, target, inplace_backward=True)
+    assert torch.equal(logits.detach(), before) and not out.loss.requires_grad
 
 
 @pytest.mark.parametrize("name, smoothing", [("ce", 0.0), ("sce", 0.1)])
@@ -69,6 +100,23 @@ def test_create_loss_fused_matches_reference(name, smoothing):
     out, grad = run_loss(create_loss(LossConfig(**cfg, impl="fused")), logits, target, weights)
     torch.testing.assert_close(out.loss, ref.loss)
     torch.testing.assert_close(grad, ref_grad)
+
+
+def test_create_loss_inplace_backward_writes_the_gradient_over_the_logits():
+    """create_loss(cfg, inplace_backward=True) (the trainer's call): the logits' storage ends holding their
+    gradient, equal to the out-of-place path's and the float64 reference's; without it they are left alone."""
+    logits, target, weights = make_case(*REALISTIC[:2], True, [5, 40], zero_weight=[7])
+    cfg = LossConfig(name="sce", label_smoothing=0.1, sce_beta=0.1)
+    ref, ref_grad = run_loss(create_loss(cfg), logits, target, weights, 1.0)
+    fused = LossConfig(name="sce", label_smoothing=0.1, sce_beta=0.1, impl="fused")
+    for inplace in (False, True):
+        leaf = logits.clone().requires_grad_()
+        hidden = leaf * 1.0  # a model's output: not a leaf
+        out = create_loss(fused, inplace_backward=inplace)(hidden, target, weights=weights)
+        out.loss.backward()
+        torch.testing.assert_close(out.loss, ref.loss, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(leaf.grad, ref_grad, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(hidden.detach(), ref_grad if inplace else logits, atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.e2e
