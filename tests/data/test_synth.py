@@ -119,10 +119,18 @@ def test_deterministic_for_a_seed(dataset, tmp_path):
 
 
 def test_classes_are_distinct_patterns():
-    styles = synth.class_styles(504, 0)
-    assert len(set(styles)) == 504
-    with pytest.raises(ValueError, match="--classes"):
-        synth.class_styles(505, 0)
+    """Every class of the largest set has its own attribute tuple; the first 504 are the base styles, in the
+    order synth always drew them (so the demo's and ladder's datasets are unchanged)."""
+    styles = synth.class_styles(synth.MAX_CLASSES, 0)
+    assert len(set(styles)) == len(styles) == 98_280
+    assert styles[:504] == synth.class_styles(504, 0)
+    assert all(s.grating is None and s.radius == (0.24, 0.36) and s.place == (0.0, 0.0, 0.15) for s in styles[:504])
+    assert len({(s.hue, s.shape, s.foreground) for s in styles[:504]}) == 504
+    assert styles[:50_030] == synth.class_styles(50_030, 0)
+    assert synth.class_styles(50_030, 1) != synth.class_styles(50_030, 0)
+    for bad in (1, synth.MAX_CLASSES + 1):
+        with pytest.raises(ValueError, match="--classes"):
+            synth.class_styles(bad, 0)
 
 
 def test_refuses_non_empty_out_and_bad_args(tmp_path):
