@@ -7,8 +7,8 @@ evaluation only), clean validation labels, palette/RGBA PNGs behind `.jpg` names
 JPEGs, and optionally corrupt files. It reaches AliProducts' 50,030 classes and a million images
 (`--size 32x32` makes tiny JPEGs of about 1 KB).
 
-Two long-tail laws (`long_tail_sizes`), chosen with `--tail`; the default keeps each class count on the
-law it has always had:
+Two long-tail laws (`long_tail_sizes`), chosen with `--tail`. The default stays geometric over the
+class counts synth has always supported, so the demo's, ladder's and tests' datasets are unchanged:
 - `geometric` (the default up to 504 classes, where the demo, ladder and tests live): sizes fall
   geometrically with rank from the head to 5 images, a straight line on a log-y plot of sorted sizes.
 - `lognormal` (the default beyond): the class of rank r (1 = largest) of C gets
@@ -23,8 +23,9 @@ Each class is a visual pattern a small CNN can learn: a background hue, a shape 
 foreground colour, and beyond the first 504 classes also a background grating (frequency and
 orientation), a shape size and a shape position; no two classes share all attributes (98,280 in all).
 Every image jitters its class's pattern (size, position, scale, rotation, colour, lighting, noise,
-blur) and is seeded from (seed, index), so the same arguments give the same bytes whatever the number
-of writer processes or the shard size.
+blur) and is seeded from (seed, its row in the file order), so the same arguments give the same bytes
+whatever the number of writer processes (`--workers`) or the shard size; a class's pattern does not
+depend on the class count either.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import math
 import os
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -60,7 +62,7 @@ LOGNORMAL_SIGMA = 1.3
 TAILS = ("geometric", "lognormal")
 JPEG_QUALITY = 90
 KINDS = ("jpeg", "rgba", "palette", "gray", "cmyk", "truncated", "zero")
-SHARD = 1000  # images per task of the writer pool
+SHARD = 1000  # at most this many images per task of the writer pool
 
 
 class Style(NamedTuple):
@@ -82,7 +84,7 @@ MAX_CLASSES = len(BASE_STYLES) * len(GRATINGS) * len(RADII) * len(PLACES)  # 98,
 def class_styles(classes: int, seed: int) -> tuple[Style, ...]:
     """One distinct Style per class, chosen by `seed`: the first 504 classes vary background hue, shape and
     foreground colour only (as synth always drew them); further classes take the other combinations of
-    grating, radius and place with those three, in a seeded order."""
+    grating, radius and place with those three, in a seeded order. class_styles(n)[:k] == class_styles(k)."""
     if not 2 <= classes <= MAX_CLASSES:
         raise ValueError(f"--classes must be between 2 and {MAX_CLASSES} (got {classes})")
     order = np.random.default_rng([seed, 17]).permutation(len(BASE_STYLES))
@@ -94,7 +96,7 @@ def class_styles(classes: int, seed: int) -> tuple[Style, ...]:
     return tuple(styles)
 
 
-def _largest_root(total_at, total: int, lo: float, hi: float) -> float:
+def _largest_root(total_at: Callable[[float], float], total: int, lo: float, hi: float) -> float:
     """The largest x in [lo, hi] with total_at(x) <= total, by bisection (total_at grows with x)."""
     for _ in range(200):
         mid = (lo + hi) / 2
@@ -110,7 +112,8 @@ def tail_law(classes: int, total: int, tail: str) -> np.ndarray:
             raise ValueError(f"--train-images must be at least {MIN_CLASS_SIZE} x classes = {MIN_CLASS_SIZE * classes}")
         exponents = np.arange(classes)[::-1].astype(np.float64)  # head first
         hi = (total / MIN_CLASS_SIZE) ** (1 / (classes - 1)) + 1.0
-        ratio = _largest_root(lambda r: MIN_CLASS_SIZE * (r**exponents).sum(), total, 1.0, hi)
+        with np.errstate(over="ignore"):  # r**(C-1) overflows to inf above the root at thousands of classes
+            ratio = _largest_root(lambda r: MIN_CLASS_SIZE * (r**exponents).sum(), total, 1.0, hi)
         return MIN_CLASS_SIZE * ratio**exponents
     if tail == "lognormal":
         if total < classes:
@@ -144,7 +147,8 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "diamond":
         return np.abs(u) + np.abs(v) < 1.1
     if shape == "triangle":
-        sides = [u * math.cos(a) + v * math.sin(a) < 0.55 for a in (math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))]
+        angles = (math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))
+        sides = [u * math.cos(a) + v * math.sin(a) < 0.55 for a in angles]
         return sides[0] & sides[1] & sides[2]
     if shape == "cross":
         return ((np.abs(u) < 0.3) & (np.abs(v) < 1.0)) | ((np.abs(v) < 0.3) & (np.abs(u) < 1.0))
@@ -175,14 +179,17 @@ def render(style: Style, rng: np.random.Generator, size: tuple[int, int]) -> Ima
     v = (-(x - cx) * math.sin(angle) + (y - cy) * math.cos(angle)) / radius
 
     fh, fs, fv = style.foreground
-    background = _hsv(style.hue + rng.uniform(-0.02, 0.02), 0.35 + rng.uniform(-0.06, 0.06), 0.9 + rng.uniform(-0.05, 0.05))
+    background = _hsv(
+        style.hue + rng.uniform(-0.02, 0.02), 0.35 + rng.uniform(-0.06, 0.06), 0.9 + rng.uniform(-0.05, 0.05)
+    )
     foreground = _hsv(fh + rng.uniform(-0.02, 0.02), fs + rng.uniform(-0.08, 0.08), fv + rng.uniform(-0.08, 0.08))
     light = 1.0 + rng.uniform(-0.12, 0.12) * (x / w - 0.5) + rng.uniform(-0.12, 0.12) * (y / h - 0.5)
     noise = rng.normal(0.0, rng.uniform(2.0, 8.0), (h, w, 3))
     blur = rng.uniform(0.0, 0.9)
     if style.grating is not None:
         cycles, theta = style.grating
-        wave = np.cos(2 * math.pi * cycles * (x * math.cos(theta) + y * math.sin(theta)) / m + rng.uniform(0, 2 * math.pi))
+        phase = rng.uniform(0, 2 * math.pi)
+        wave = np.cos(2 * math.pi * cycles * (x * math.cos(theta) + y * math.sin(theta)) / m + phase)
         background = background * (1.0 - GRATING_DEPTH * (0.5 + 0.5 * wave))[..., None]
     pixels = np.where(_shape_mask(style.shape, u, v)[..., None], foreground, background) * light[..., None] + noise
     image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
@@ -271,7 +278,9 @@ def _plan(
     return Plan(val[order], filed[order], true[order], kind[order], ids[order], len(str(population - 1))), sizes
 
 
-def _write_shard(shard: tuple[int, Plan], *, out: Path, seed: int, size: tuple[int, int], classes: int) -> tuple[int, int]:
+def _write_shard(
+    shard: tuple[int, Plan], *, out: Path, seed: int, size: tuple[int, int], classes: int,
+) -> tuple[int, int]:
     """Render and write one shard's files; the image in row r of the whole plan is seeded from (seed, r).
     Returns (files, bytes)."""
     start, rows = shard
