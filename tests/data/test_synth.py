@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fastprod.data import synth
 from fastprod.data.images import ImageError, load_rgb, probe
@@ -119,10 +121,18 @@ def test_deterministic_for_a_seed(dataset, tmp_path):
 
 
 def test_classes_are_distinct_patterns():
-    styles = synth.class_styles(504, 0)
-    assert len(set(styles)) == 504
-    with pytest.raises(ValueError, match="--classes"):
-        synth.class_styles(505, 0)
+    """Every class of the largest set has its own attribute tuple; the first 504 are the base styles, in the
+    order synth always drew them (so the demo's and ladder's datasets are unchanged)."""
+    styles = synth.class_styles(synth.MAX_CLASSES, 0)
+    assert len(set(styles)) == len(styles) == 98_280
+    assert styles[:504] == synth.class_styles(504, 0)
+    assert all(s.grating is None and s.radius == (0.24, 0.36) and s.place == (0.0, 0.0, 0.15) for s in styles[:504])
+    assert len({(s.hue, s.shape, s.foreground) for s in styles[:504]}) == 504
+    assert styles[:50_030] == synth.class_styles(50_030, 0)
+    assert synth.class_styles(50_030, 1) != synth.class_styles(50_030, 0)
+    for bad in (1, synth.MAX_CLASSES + 1):
+        with pytest.raises(ValueError, match="--classes"):
+            synth.class_styles(bad, 0)
 
 
 def test_refuses_non_empty_out_and_bad_args(tmp_path):
@@ -141,7 +151,114 @@ def test_register_parses_cli(tmp_path, capsys):
         "--size", "24x20", "--workers", "1", "--seed", "1",
     ])
     assert args.func(args) == 0
-    assert "40 training images" in capsys.readouterr().out
+    assert "40 training images (geometric tail" in capsys.readouterr().out
     assert (tmp_path / "cli" / "val.json").is_file()
     with pytest.raises(SystemExit):
         parser.parse_args(["synth", str(tmp_path / "bad"), "--size", "big"])
+
+
+def _law_reference(classes: int, total: int, tail: str) -> torch.Tensor:
+    """The stated laws in float64 from closed forms, sorted head first: geometric, 5 * r^k (k = C-1 .. 0) with
+    5 (r^C - 1) / (r - 1) = total; lognormal, max(1, s exp(1.3 z_r)) with z_r torch's normal quantile and s from
+    the piecewise-linear sum (the k largest classes above the floor, the rest at 1)."""
+    if tail == "geometric":
+        lo, hi = 1.0 + 1e-12, 2.0  # 5 (2^C - 1) > total for every case below
+        for _ in range(100):  # the sum's closed form, compared in logs: C log r <= log(total (r - 1) / 5 + 1)
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if classes * math.log(mid) <= math.log1p(total * (mid - 1) / 5) else (lo, mid)
+        return 5 * lo ** torch.arange(classes - 1, -1, -1, dtype=torch.float64)
+    p = 1 - (torch.arange(classes, dtype=torch.float64) + 0.5) / classes
+    q = torch.exp(1.3 * torch.special.ndtri(p))  # descending
+    k = torch.arange(1, classes + 1, dtype=torch.float64)  # the first k classes above the floor of 1
+    s = (total - (classes - k)) / torch.cumsum(q, 0)
+    fits = torch.cat([s[:-1] * q[1:] < 1, torch.tensor([True])])  # class k+1 would fall below the floor
+    return torch.clamp(s[int(torch.nonzero(fits)[0])] * q, min=1.0)
+
+
+@pytest.mark.parametrize("tail,classes,total", [
+    ("geometric", 6, 150), ("geometric", 50, 5000), ("geometric", 504, 2600), ("geometric", 50_030, 1_000_000),
+    ("lognormal", 7, 7), ("lognormal", 600, 1500), ("lognormal", 5003, 20_000), ("lognormal", 50_030, 1_000_000),
+])
+def test_class_sizes_follow_the_stated_law(tail, classes, total):
+    """Sorted class sizes are the law's real values rounded down or up, never further, and sum to the total exactly."""
+    sizes = synth.long_tail_sizes(classes, total, np.random.default_rng(0), tail)
+    assert sizes.sum() == total and len(sizes) == classes
+    ref = _law_reference(classes, total, tail).numpy()
+    assert np.allclose(ref.sum(), total, rtol=1e-9)
+    got = np.sort(sizes)[::-1]
+    assert np.all(got >= np.floor(ref - 1e-6)) and np.all(got <= np.ceil(ref + 1e-6))
+    assert got.min() >= (5 if tail == "geometric" else 1)
+
+
+def test_lognormal_tail_has_the_aliproducts_shape():
+    """At 50,030 classes and 1M images (the figures in synth's docstring): a few classes with thousands of images,
+    the median class with about ten, over a third with 1-5; at AliProducts' 3M the median is in the tens."""
+    million = np.sort(synth.long_tail_sizes(50_030, 1_000_000, np.random.default_rng(0), "lognormal"))[::-1]
+    assert million[0] == 2195 and (million >= 1000).sum() == 6 and np.median(million) == 9
+    assert round(100 * (million <= 5).mean()) == 37 and million.min() == 1
+    three = np.sort(synth.long_tail_sizes(50_030, 3_000_000, np.random.default_rng(0), "lognormal"))[::-1]
+    assert three[0] == 6592 and (three >= 1000).sum() == 122 and np.median(three) == 26
+    assert round(100 * (three <= 5).mean()) == 12
+
+
+def test_tail_default_and_errors(tmp_path):
+    """The default law is geometric up to 504 classes (its minimum is 5 images a class) and lognormal beyond."""
+    with pytest.raises(ValueError, match="--train-images must be at least 5 x classes = 2520"):
+        synth.synthesize(tmp_path / "a", classes=504, train_images=504, workers=1)
+    with pytest.raises(ValueError, match="--train-images must be at least the number of classes"):
+        synth.synthesize(tmp_path / "b", classes=505, train_images=504, workers=1)
+    with pytest.raises(ValueError, match="--tail"):
+        synth.synthesize(tmp_path / "c", classes=3, train_images=30, tail="zipf", workers=1)
+
+
+LARGE = dict(classes=600, train_images=800, val_per_class=0, noise=0.2, size=(16, 16), seed=2)
+
+
+def test_beyond_504_classes_same_bytes_for_any_writer_count_and_noise_drawn_from_true_class(tmp_path):
+    """The extended patterns and the lognormal tail: 1 and 2 writer processes write identical trees; each noisy
+    file holds exactly the image of its true class (row r of the file order is seeded from (seed, r)), not of
+    the folder's class."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    summary = synth.synthesize(one, workers=1, **LARGE)
+    synth.synthesize(two, workers=2, **LARGE)
+    assert _files(one) == _files(two)
+    assert summary["tail"] == "lognormal" and summary["class_size_min"] == 1
+
+    train = _entries(one, "train")
+    sizes = collections.Counter(e["class_id"] for e in train)
+    assert sorted(sizes.values(), reverse=True) == sorted(
+        synth.long_tail_sizes(600, 800, np.random.default_rng(0), "lognormal").tolist(), reverse=True)
+    noise = json.loads((one / "noise.json").read_text())
+    assert len(noise) == round(0.2 * 800)
+    styles = synth.class_styles(600, LARGE["seed"])
+    row = {e["image_id"]: r for r, e in enumerate(train)}  # train.json lists train files in file order
+    checked = 0
+    for image_id, labels in noise.items():
+        path = one / "train" / labels["given"] / image_id
+        if (probe(path).format, probe(path).mode) != ("JPEG", "RGB"):
+            continue  # an alpha PNG or the grayscale or CMYK JPEG: encoded differently
+        data = path.read_bytes()
+        rendered = {c: synth.encode(synth.render(styles[int(c)], np.random.default_rng([LARGE["seed"], row[image_id]]),
+                                                 LARGE["size"]), "jpeg") for c in (labels["true"], labels["given"])}
+        assert data == rendered[labels["true"]] != rendered[labels["given"]], image_id
+        checked += 1
+    assert checked > 100
+
+
+@pytest.mark.e2e
+def test_5003_classes(tmp_path):
+    """The CI-sized scale run: 5,003 classes, 10,000 tiny training images (20,000 took ~30 s on the loaded 2-core
+    build machine, too long for a unit test): layout, exact class counts, the noise sidecar, distinct classes."""
+    out = tmp_path / "ds"
+    summary = synth.synthesize(out, classes=5003, train_images=10_000, val_per_class=0, size=(16, 16), workers=2)
+    train = _entries(out, "train")
+    assert len(train) == 10_000 and summary["files_written"] == 10_003
+    sizes = collections.Counter(e["class_id"] for e in train)
+    assert sorted(sizes.values(), reverse=True) == np.sort(
+        synth.long_tail_sizes(5003, 10_000, np.random.default_rng(0), "lognormal"))[::-1].tolist()
+    assert sum(1 for p in (out / "train").rglob("*.jpg")) == 10_000
+    filed = {e["image_id"]: e["class_id"] for e in train}
+    noise = json.loads((out / "noise.json").read_text())
+    assert len(noise) == summary["noisy"] == 2000
+    assert all(filed[i] == v["given"] != v["true"] and 0 <= int(v["true"]) < 5003 for i, v in noise.items())
+    assert len(set(synth.class_styles(5003, 0))) == 5003
