@@ -1,31 +1,31 @@
 """Where a training step's time goes: fastprod's own Trainer (DeepSpeed engine, configured loader and
-loss) on a synthetic dataset, per model: throughput, FLOP utilisation against the machine's measured
-matrix rate, peak memory, and the PyTorch profiler's breakdown into data wait, forward, loss,
-backward and optimizer step, saved as a Chrome trace (open in chrome://tracing or Perfetto).
+loss) on a synthetic dataset, per model: throughput, FLOP utilisation against the trainer's peak (a GPU's
+data-sheet rate, else the measured matmul rate in the run's precision), peak memory, and the PyTorch profiler's
+breakdown into data wait, forward, loss, the non-finite check (the step's one wait on the host), backward and
+optimizer step, saved as a Chrome trace (open in chrome://tracing or Perfetto).
 
     python bench/profile_step.py --out DIR [--models resnet34 resnest50d] [--size 64] [--batch 16]
                                  [--steps 4] [--classes 100] [--set key=value ...]
 
 Writes DIR/profile-<model>.json and DIR/trace-<model>.json. The dataset (fastprod synth + prepare)
-is made once under DIR/data. On a GPU the defaults grow to 224 px, batch 128, bf16.
+is made once under DIR/data. Precision `auto` unless --precision; on a GPU the defaults grow to 224 px, batch 128.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
-from torch.utils.flop_counter import FlopCounterMode
 
+from fastprod.train.perf import peak_memory_gib
 from results import write_json
 
-PHASES = ("data_wait", "forward", "loss", "backward", "optimizer_step")
+PHASES = ("data_wait", "forward", "loss", "finite_check", "backward", "optimizer_step")
 
 
 def dataset(out: Path, classes: int, images: int) -> Path:
@@ -40,37 +40,9 @@ def dataset(out: Path, classes: int, images: int) -> Path:
     return prepared
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
-    """Measured FLOP/s of a large square matmul: the roofline for model FLOP utilisation."""
-    n = 4096 if device.type == "cuda" else 1024
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    reps, start = (20 if device.type == "cuda" else 3), time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - start)
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def step_flops(model: torch.nn.Module, images: torch.Tensor) -> int:
-    """FLOPs of one forward + backward of the model on `images` (torch's flop counter)."""
-    with FlopCounterMode(display=False) as counter:
-        model(images).float().sum().backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 
 
 def run_steps(trainer, batches, steps: int, annotate: bool) -> float:
@@ -101,7 +73,7 @@ def profile_model(name: str, args: argparse.Namespace, manifest: Path, out: Path
     from fastprod.train.engine import Trainer
 
     cuda = torch.cuda.is_available()
-    precision = args.precision or ("bf16" if cuda else "fp32")
+    precision = args.precision or "auto"
     cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml", [
         f"data.manifest={manifest}", f"model.name={name}", f"data.image_size={args.size}",
         f"data.batch_size={args.batch}", f"run.precision={precision}", f"run.dir={out / f'run-{name}'}",
@@ -128,16 +100,15 @@ def profile_model(name: str, args: argparse.Namespace, manifest: Path, out: Path
         host_us = event.cpu_time_total if event else 0.0
         phases_ms[phase] = (device_us or host_us) / 1000 / args.steps
 
-    images = next(batches).images
-    flops = step_flops(trainer.engine.module, images)  # per batch of args.batch images
-    rate = matmul_rate(dist.device, torch.bfloat16 if precision == "bf16" and cuda else torch.float32)
+    flops = trainer.flops_per_image * args.batch  # per step (the trainer's count: 3 forwards)
+    rate = trainer.peak_flops  # the GPU's data-sheet peak, or the measured matmul rate in the run's precision
     result = {
         "model": name, "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
-        "image_size": args.size, "batch": args.batch, "precision": precision, "classes": trainer.manifest.num_classes,
+        "image_size": args.size, "batch": args.batch, "precision": trainer.precision, "classes": trainer.manifest.num_classes,
         "loss_impl": cfg.loss.impl, "img_per_s": img_s, "step_ms": 1000 * seconds / args.steps,
         "gflop_per_step": flops / 1e9, "achieved_tflops": flops * args.steps / seconds / 1e12,
         "matmul_tflops": rate / 1e12, "mfu": flops * args.steps / seconds / rate,
-        "peak_memory_mib": peak_memory_bytes(dist.device) / 2**20, "phases_ms": phases_ms, "trace": str(trace),
+        "peak_memory_mib": peak_memory_gib(dist.device) * 1024, "phases_ms": phases_ms, "trace": str(trace),
     }
     (out / f"profile-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -153,7 +124,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10 if cuda else 4)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--images", type=int, default=None, help="training images to synthesise")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", default=None, help="also write the result file (bench/results.py) here")
     args = parser.parse_args()
@@ -169,7 +140,7 @@ def main() -> None:
         phases = "  ".join(f"{k} {v:.1f}" for k, v in r["phases_ms"].items())
         print(f"{name} @ {r['image_size']}px batch {r['batch']} {r['precision']} on {r['device']}: "
               f"{r['img_per_s']:.1f} img/s, {r['achieved_tflops']:.3f} TFLOP/s = {100 * r['mfu']:.1f}% of the "
-              f"measured matmul rate ({r['matmul_tflops']:.2f} TFLOP/s); peak memory {r['peak_memory_mib']:.0f} MiB")
+              f"peak rate ({r['matmul_tflops']:.2f} TFLOP/s); peak memory {r['peak_memory_mib']:.0f} MiB")
         print(f"  per step (ms): {phases}; trace {r['trace']}")
     write_json(args.json, "profile_step", f"training step of the Trainer, {args.size} px, batch {args.batch}",
                "the measured matrix-multiply rate of this machine (mfu)", rows,

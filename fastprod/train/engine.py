@@ -273,8 +273,9 @@ class Trainer:
         weights = self.sample_weights.weights_for(batch.indices) if self.sample_weights else None
         out = self._forward_loss(batch, weights)
         loss = out.loss
-        bad, stop, failures = all_reduce([float(not torch.isfinite(loss)), float(self.stop_requested),
-                                          self.train_loader.failures], self.dist.device)  # sums over ranks
+        with record_function("fastprod.finite_check"):  # the step's one wait on the host
+            bad, stop, failures = all_reduce([float(not torch.isfinite(loss)), float(self.stop_requested),
+                                              self.train_loader.failures], self.dist.device)  # sums over ranks
         self.stop_requested = bool(stop)
         self._check_load_failures(self.train_split, failures)
         if bad:
