@@ -51,7 +51,7 @@ class ClassSampler:
             share = counts * np.maximum(1.0, np.sqrt(repeat_threshold * n / np.maximum(counts, 1)))
             self.length = int(round(share.sum()))
         else:
-            raise ConfigError(f"data.sampler: {kind!r} is not a class-aware one of {', '.join(SAMPLERS)}")
+            raise ConfigError(f"data.sampler: {kind!r} is not a class-aware sampler ({', '.join(SAMPLERS[1:])})")
         self.expected = share * (self.length / share.sum())  # float64 samples of each class per epoch
         self._counts = counts
         self._starts = np.cumsum(counts) - counts  # where each class begins in the grouped order
