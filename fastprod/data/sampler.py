@@ -53,6 +53,8 @@ class ClassSampler:
         else:
             raise ConfigError(f"data.sampler: {kind!r} is not a class-aware sampler ({', '.join(SAMPLERS[1:])})")
         self.expected = share * (self.length / share.sum())  # float64 samples of each class per epoch
+        self._cumulative = np.concatenate(([0.0], np.cumsum(self.expected)))
+        self._cumulative[-1] = self.length  # float rounding aside, so the class counts sum to exactly `length`
         self._counts = counts
         self._starts = np.cumsum(counts) - counts  # where each class begins in the grouped order
         self._labels = labels
@@ -60,16 +62,13 @@ class ClassSampler:
     def draw(self, epoch: int, seed: int) -> np.ndarray:
         """The epoch's `length` sample indices, in their (shuffled) order."""
         g = _generator(seed, epoch)
-        cumulative = np.cumsum(self.expected)
-        cumulative *= self.length / cumulative[-1]
-        cumulative[-1] = self.length  # so the quotas sum to exactly `length`
         offset = torch.rand((), generator=g, dtype=torch.float64).item()
-        edges = np.floor(np.concatenate(([0.0], cumulative)) + offset).astype(np.int64)
+        edges = np.floor(self._cumulative + offset).astype(np.int64)  # edges[0] = 0, edges[-1] = length
         quota = np.diff(edges)  # floor or ceil of each class's expectation, exactly it on average
         mixed = torch.randperm(self._labels.size, generator=g).numpy()
         grouped = mixed[np.argsort(self._labels[mixed], kind="stable")]  # by class, random within each
         cls = np.repeat(np.arange(quota.size), quota)
-        within = np.arange(self.length) - np.repeat(edges[:-1] - edges[0], quota)
+        within = np.arange(self.length) - np.repeat(edges[:-1], quota)
         picks = grouped[self._starts[cls] + within % self._counts[cls]]
         return picks[torch.randperm(self.length, generator=g).numpy()]
 
