@@ -53,6 +53,9 @@ class AugmentConfig:
         _check(0.0 <= self.perspective_distortion <= 1.0, "perspective_distortion", "must be in [0, 1]")
 
 
+SAMPLERS = ("uniform", "sqrt", "balanced", "repeat_factor")
+
+
 @dataclass
 class DataConfig:
     """Where the prepared dataset lives and how batches are made."""
@@ -68,6 +71,10 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # training draw per epoch (fastprod/data/sampler.py): uniform (each image once), sqrt (class frequency^0.5),
+    # balanced (classes equally), repeat_factor (LVIS: r_c = max(1, sqrt(repeat_threshold / class fraction)))
+    sampler: str = "uniform"
+    repeat_threshold: float = 0.001  # LVIS's t: classes in fewer than 0.1% of the images are repeated
     # a run stops when more images of one pass over a split fail to load than either limit allows
     max_load_failures: int = 100
     max_load_failure_fraction: float = 0.01
@@ -80,6 +87,8 @@ class DataConfig:
         _check(self.eval_resize >= 1.0, "eval_resize", "must be >= 1")
         _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch_size", "must be >= 1")
         _check(self.workers >= 0, "workers", "must be >= 0")
+        _check(self.sampler in SAMPLERS, "sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        _check(0.0 < self.repeat_threshold <= 1.0, "repeat_threshold", "must be in (0, 1] (a fraction of the images)")
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -10,6 +10,7 @@ they are built once per configuration and shared.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -28,6 +29,7 @@ from fastprod.data import augmentations as ap
 from fastprod.data.loaders import create_loader
 from fastprod.data.manifest import Manifest
 from fastprod.data.prepare import prepare
+from fastprod.data.sampler import ClassSampler, epoch_batches
 
 pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
 
@@ -194,6 +196,37 @@ def test_resume_mid_epoch_gives_the_same_remaining_batches(dataset, backend):
         assert torch.equal(ia, ib) and torch.equal(la, lb) and torch.equal(a, b)
     resumed.set_epoch(3)
     assert torch.cat([b.indices for b in resumed]).tolist() != torch.cat([i for _, i, _ in full]).tolist()
+
+
+@pytest.mark.parametrize("backend", backends("pil", "dali", "ffcv"))
+def test_a_class_aware_draw_is_loaded_as_drawn_and_resumes_exactly(dataset, backend):
+    """repeat_factor at t = 0.9 repeats every class (r ~ 1.6): images recur within an epoch and a batch."""
+    split = dataset.split("train")
+    cfg = dataclasses.replace(config(dataset, backend, **OFF), sampler="repeat_factor", repeat_threshold=0.9)
+    drawn = create_loader(split, cfg, train=True, seed=SEED, channels_last=False)
+    drawn.set_epoch(1)
+    full = [(b.images.clone(), b.indices.clone(), b.labels.clone()) for b in drawn]
+    expected = epoch_batches(N, 4, epoch=1, seed=SEED, rank=0, world=1, shuffle=True, drop_last=True,
+                             sampler=ClassSampler(split.labels, "repeat_factor", 0.9))
+    assert [i.tolist() for _, i, _ in full] == [[i for i, _ in b] for b in expected] and len(full) > N // 4
+    assert len(set(torch.cat([i for _, i, _ in full]).tolist())) < len(full) * 4  # some images recur
+    views = by_index(loader(dataset, backend, train=False))
+    for images, indices, labels in full:  # augmentations off: every copy is its image's eval view
+        assert torch.equal(labels, torch.as_tensor(split.labels[indices.numpy()]))
+        for image, i in zip(images, indices.tolist()):
+            assert (image - views[i]).abs().mean() < 0.03
+    drawn.load_state_dict({"epoch": 1, "batches_done": 0})
+    it = iter(drawn)
+    next(it), next(it)
+    it.close()
+    state = drawn.state_dict()
+    resumed = drawn if backend == "ffcv" else create_loader(split, cfg, train=True, seed=SEED, channels_last=False)
+    resumed.load_state_dict(state)
+    rest = [(b.images, b.indices, b.labels) for b in resumed]
+    assert len(rest) == len(full) - 2
+    for (a, ia, la), (b, ib, lb) in zip(full[2:], rest):
+        assert torch.equal(ia, ib) and torch.equal(la, lb) and torch.equal(a, b)
+    resumed.close()
 
 
 @needs_dali

@@ -23,7 +23,7 @@ import torch
 from fastprod.config import DataConfig
 from fastprod.data.augment import Normalize
 from fastprod.data.manifest import SplitView
-from fastprod.data.sampler import epoch_batches
+from fastprod.data.sampler import ClassSampler, epoch_batches
 
 
 @dataclass
@@ -125,7 +125,9 @@ class Loader(ABC):
     ) -> None:
         self.split, self.num_samples = split, len(split)
         self.batch_size = cfg.batch_size if train else cfg.eval_batch_size
-        self.train = train  # shuffle, and drop the last partial batch
+        self.train = train  # shuffle (or draw with `data.sampler`), and drop the last partial batch
+        self.sampler = ClassSampler(split.labels, cfg.sampler, cfg.repeat_threshold) \
+            if train and cfg.sampler != "uniform" else None  # evaluation: every image once, in order
         self.rank, self.world, self.seed = rank, world, seed
         self.device, self.channels_last = device, channels_last
         self.workers = min(cfg.workers, os.cpu_count() or 1)  # processes or threads that load and augment
@@ -145,7 +147,7 @@ class Loader(ABC):
         """This rank's batches of the current epoch, in the seeded order every backend shares."""
         return epoch_batches(
             self.num_samples, self.batch_size, epoch=self.epoch, seed=self.seed, rank=self.rank,
-            world=self.world, shuffle=self.train, drop_last=self.train,
+            world=self.world, shuffle=self.train, drop_last=self.train, sampler=self.sampler,
         )
 
     def __len__(self) -> int:
