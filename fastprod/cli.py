@@ -10,13 +10,13 @@ import argparse
 import sys
 
 from fastprod.data import ffcv_writer, prepare, synth
-from fastprod.recipe import clean, ladder, lr_find
+from fastprod.recipe import clean, finetune, ladder, lr_find
 from fastprod.recipe import train as train_stage
 from fastprod.score import engine as score_engine
 from fastprod.score import ensemble as score_ensemble
 from fastprod.score import score as score_score
 
-STAGES = (synth, prepare, ffcv_writer, train_stage, lr_find, clean, ladder, score_engine, score_score, score_ensemble)
+STAGES = (synth, prepare, ffcv_writer, train_stage, lr_find, clean, finetune, ladder, score_engine, score_score, score_ensemble)
 
 
 def build_parser() -> argparse.ArgumentParser:
