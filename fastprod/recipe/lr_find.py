@@ -10,17 +10,18 @@ correction, and the test stops once it diverges: a non-finite loss, or a smoothe
 
 The suggested LR is the middle of the steepest descent of the smoothed loss, robust to the noise of
 the first batches (which on a real dataset once made the start LR look steepest):
-- the first `warmup_steps` steps (the EMA's time constant) are skipped: there the smoothed loss is
-  still mostly the first batches' noise and the early transient of BatchNorm statistics;
+- the first `warmup_steps` steps (two EMA time constants) are skipped: there the smoothed loss is
+  still mostly the first batches' noise and early transients (shaded in the plot);
 - only the steps up to the minimum of the smoothed loss after the warm-up count (past it the loss
   diverges);
 - the slope is a secant over `SPAN_DECADES` (0.5) decades of LR (the whole counted range if that is
-  shorter), never between neighbouring steps, and the suggestion is the LR halfway along the
-  steepest such secant (their geometric mean).
+  shorter), never between neighbouring steps; the suggestion is the LR halfway along the steepest
+  such secant, moved back by the EMA's lag (beta / (1 - beta) steps), so it is not biased upwards.
 If the minimum is the first step after the warm-up, the curve never descended and the suggestion is
-`start` (lower it). The minimum-loss LR / 10, the other common rule, is reported and drawn too. Writes `lr_find.csv` (step, lr, raw and smoothed
-loss), `lr_find.png` and `lr_find.json` to `--out` (default `<run.dir>-lr-find`), plus the
-`resolved.yaml` of the model it trained; it never loads or saves a checkpoint.
+`start` (lower it). The minimum-loss LR / 10, the other common rule, is reported and drawn too.
+Writes `lr_find.csv` (step, lr, raw and smoothed loss), `lr_find.png` and `lr_find.json` to `--out`
+(default `<run.dir>-lr-find`), plus the `resolved.yaml` of the model it trained; it never loads or
+saves a checkpoint.
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ def plot_curve(rows: list[tuple[int, float, float, float]], summary: dict, file:
     ax = fig.subplots()
     ax.plot(lr, loss, lw=0.8, alpha=0.4, color="tab:blue", label="loss")
     ax.plot(lr, smooth, lw=2, color="tab:blue", label=f"smoothed (EMA, beta {summary['smoothing_beta']:.3g})")
+    ax.axvspan(lr[0], lr[summary["warmup_steps"]], color="0.9", label="warm-up, not used for the suggestion")
     suggested = summary["suggested_lr"]
     ax.axvline(suggested, color="tab:red", lw=1.5, label=f"suggested {suggested:.3g} (steepest descent)")
     ax.plot([suggested], [np.interp(np.log(suggested), np.log(lr), smooth)], "o", color="tab:red")
