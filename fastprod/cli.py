@@ -15,7 +15,7 @@ import sys
 STAGES = {  # command -> the module that registers it
     "synth": "fastprod.data.synth", "prepare": "fastprod.data.prepare", "write-ffcv": "fastprod.data.ffcv_writer",
     "train": "fastprod.recipe.train", "lr-find": "fastprod.recipe.lr_find", "clean": "fastprod.recipe.clean",
-    "ladder": "fastprod.recipe.ladder", "export": "fastprod.score.engine", "score": "fastprod.score.score",
+    "finetune": "fastprod.recipe.finetune", "ladder": "fastprod.recipe.ladder", "export": "fastprod.score.engine", "score": "fastprod.score.score",
     "ensemble": "fastprod.score.ensemble",
 }
 

@@ -78,7 +78,7 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
     report = clean(cfg_for(last, 0, [f"run.dir={out / 'clean'}"]), dist, out=out / "clean", k=k, noise=noise_file)
     lr = cfg_for(last, 0, []).optim.lr / 10
     finetunes = [cfg_for(last + 1, seed, [
-        f"data.manifest={out / 'clean' / 'balanced'}", f"model.init_from={out / f'step-{last}' / f'seed-{seed}' / 'final' / 'model.pt'}",
+        f"data.manifest={report['balanced_manifest']}", f"model.init_from={out / f'step-{last}' / f'seed-{seed}' / 'final' / 'model.pt'}",
         f"optim.lr={lr}", f"schedule.epochs={finetune_epochs}", "o2u.enabled=false",
         f"data.batch_size={max(1, min(16, report['balanced']))}"]) for seed in range(seeds)]
     rows.append(row(f"+ 2-fold cleaning, finetune on the balanced subset (top-{k} per class)", last + 1, finetunes,

@@ -8,12 +8,20 @@ correction, and the test stops once it diverges: a non-finite loss, or a smoothe
 
     fastprod lr-find --config CONFIG.yaml [--set key=value ...] [--out DIR] [--start 1e-6 --end 10 --epochs 2]
 
-The suggested LR is the one at the steepest descent of the smoothed loss (most negative slope
-against log10(LR)) among the steps before the smoothed minimum; if the minimum is the very first
-step the curve never descended and the suggestion is `start` (lower it). The minimum-loss LR / 10,
-the other common rule, is reported and drawn too. Writes `lr_find.csv` (step, lr, raw and smoothed
-loss), `lr_find.png` and `lr_find.json` to `--out` (default `<run.dir>-lr-find`), plus the
-`resolved.yaml` of the model it trained; it never loads or saves a checkpoint.
+The suggested LR is the middle of the steepest descent of the smoothed loss, robust to the noise of
+the first batches (which on a real dataset once made the start LR look steepest):
+- the first `warmup_steps` steps (two EMA time constants) are skipped: there the smoothed loss is
+  still mostly the first batches' noise and early transients (shaded in the plot);
+- only the steps up to the minimum of the smoothed loss after the warm-up count (past it the loss
+  diverges);
+- the slope is a secant over `SPAN_DECADES` (0.5) decades of LR (the whole counted range if that is
+  shorter), never between neighbouring steps; the suggestion is the LR halfway along the steepest
+  such secant, moved back by the EMA's lag (beta / (1 - beta) steps), so it is not biased upwards.
+If the minimum is the first step after the warm-up, the curve never descended and the suggestion is
+`start` (lower it). The minimum-loss LR / 10, the other common rule, is reported and drawn too.
+Writes `lr_find.csv` (step, lr, raw and smoothed loss), `lr_find.png` and `lr_find.json` to `--out`
+(default `<run.dir>-lr-find`), plus the `resolved.yaml` of the model it trained; it never loads or
+saves a checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from fastprod.train.distributed import Dist, all_reduce
 DIVERGENCE = 4.0  # stop once the smoothed loss exceeds this multiple of the best smoothed loss
 MAX_WINDOW = 50  # EMA time constant in steps at most (beta 0.98, as fastai) ...
 WINDOW_FRACTION = 0.05  # ... and at most this fraction of the planned steps, so its lag stays small in log(LR)
+SPAN_DECADES = 0.5  # the descent's slope is measured over at least this much of log10(LR), never between neighbours
 
 
 def lr_at(step: int, total: int, start: float, end: float) -> float:
@@ -46,18 +55,30 @@ def smoothing_beta(total: int) -> float:
     return 1.0 - 1.0 / window
 
 
-def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict:
-    """The suggestion rule (module docstring) on the finite points of the curve."""
-    best = int(np.argmin(smoothed))
-    min_loss_lr = float(lrs[best])
-    if best == 0:
-        steepest, rule = 0, "no descent: the smoothed loss is lowest at the first step, so start is suggested"
+def warmup_steps(beta: float) -> int:
+    """Two EMA time constants: before them the smoothed loss is mostly the first batches' noise."""
+    return round(2 / (1 - beta))
+
+
+def suggest(lrs: np.ndarray, smoothed: np.ndarray, beta: float) -> dict:
+    """The suggestion rule (module docstring) on the finite points of a curve smoothed with EMA factor `beta`."""
+    skip = min(warmup_steps(beta), len(lrs) - 1)
+    best = skip + int(np.argmin(smoothed[skip:]))
+    if best == skip:
+        suggested, rule = float(lrs[0]), "no descent after the warm-up: the smoothed loss only rises, so start is suggested"
     else:
-        slopes = np.gradient(smoothed, np.log10(lrs))
-        steepest = int(np.argmin(slopes[:best]))
-        rule = "steepest descent of the smoothed loss (d loss / d log10 lr) before its minimum"
-    return {"suggested_lr": float(lrs[steepest]), "rule": rule, "min_loss_lr": min_loss_lr,
-            "min_loss_lr_div10": min_loss_lr / 10, "min_smoothed_loss": float(smoothed[best])}
+        x, y = np.log10(lrs[skip:best + 1]), smoothed[skip:best + 1]
+        span = min(SPAN_DECADES, x[-1] - x[0])
+        ends = np.searchsorted(x, x + span * (1 - 1e-9))  # the first point at least `span` above each one
+        starts = np.flatnonzero(ends < len(x))
+        slopes = (y[ends[starts]] - y[starts]) / (x[ends[starts]] - x[starts])
+        first = starts[int(np.argmin(slopes))]
+        lag = round(beta / (1 - beta))  # steps the EMA trails a steadily changing loss by
+        suggested = float(lrs[max(0, skip + (first + ends[first]) // 2 - lag)])
+        rule = (f"steepest descent of the smoothed loss over {span:.2g} decades of LR after a {skip}-step warm-up "
+                f"and before its minimum, {lag} steps earlier for the smoothing's lag")
+    return {"suggested_lr": suggested, "rule": rule, "min_loss_lr": float(lrs[best]),
+            "min_loss_lr_div10": float(lrs[best]) / 10, "min_smoothed_loss": float(smoothed[best]), "warmup_steps": skip}
 
 
 def lr_find(cfg: Config, dist: Dist, *, out: Path, start: float, end: float, epochs: float) -> dict:
@@ -110,7 +131,7 @@ def lr_find(cfg: Config, dist: Dist, *, out: Path, start: float, end: float, epo
         raise ConfigError(f"--start: the loss was non-finite from the first step (lr {start:g}); lower it")
     lrs, smooth = np.array([r[1] for r in finite]), np.array([r[3] for r in finite])
     summary = {
-        **suggest(lrs, smooth), "start": start, "end": end, "epochs": epochs, "planned_steps": total,
+        **suggest(lrs, smooth, beta), "start": start, "end": end, "epochs": epochs, "planned_steps": total,
         "steps": len(rows), "stopped_early": stop_reason is not None, "stop_reason": stop_reason,
         "smoothing_beta": beta, "divergence_factor": DIVERGENCE, "model": cfg.model.name,
         "csv": str(out / "lr_find.csv"), "png": str(out / "lr_find.png"), "json": str(out / "lr_find.json"),
@@ -137,6 +158,7 @@ def plot_curve(rows: list[tuple[int, float, float, float]], summary: dict, file:
     ax = fig.subplots()
     ax.plot(lr, loss, lw=0.8, alpha=0.4, color="tab:blue", label="loss")
     ax.plot(lr, smooth, lw=2, color="tab:blue", label=f"smoothed (EMA, beta {summary['smoothing_beta']:.3g})")
+    ax.axvspan(lr[0], lr[summary["warmup_steps"]], color="0.9", label="warm-up, not used for the suggestion")
     suggested = summary["suggested_lr"]
     ax.axvline(suggested, color="tab:red", lw=1.5, label=f"suggested {suggested:.3g} (steepest descent)")
     ax.plot([suggested], [np.interp(np.log(suggested), np.log(lr), smooth)], "o", color="tab:red")

@@ -5,17 +5,13 @@ README's order, in a fresh directory: only the dataset is smaller (`fastprod syn
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from training import LAUNCHER_VARIABLES
+from readme_commands import readme_sections, run_as_written, tiny_demo_config
 
 pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
 
@@ -24,31 +20,6 @@ SECTIONS = ("What the demo does", "A worked example, end to end", "Scoring: TTA 
 TINY_DATA = "--classes 5 --train-images 100 --val-per-class 4 --size 48x48"
 TINY_CONFIG = {"model.name": "resnet10t", "data.image_size": 32, "data.batch_size": 8, "data.eval_batch_size": 32,
                "data.workers": 0, "schedule.epochs": 3, "run.progress": False}
-
-
-def readme_sections() -> dict[str, list[str]]:
-    """Command lines of the bash blocks under each heading (comments stripped)."""
-    sections: dict[str, list[str]] = {}
-    heading, in_block = None, False
-    for line in (ROOT / "README.md").read_text().splitlines():
-        if line.startswith("```"):
-            in_block = line == "```bash"
-        elif in_block and heading:
-            command = line.split("#")[0].strip()
-            if command:
-                sections.setdefault(heading, []).append(command)
-        elif line.startswith("#"):
-            heading = line.lstrip("#").strip()
-    return sections
-
-
-def tiny_demo_config(path: Path) -> None:
-    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    for key, value in TINY_CONFIG.items():
-        section, name = key.split(".")
-        config.setdefault(section, {})[name] = value
-    path.parent.mkdir(parents=True)
-    path.write_text(yaml.safe_dump(config))
 
 
 def test_the_readme_sections_are_found():
@@ -61,17 +32,10 @@ def test_the_readme_sections_are_found():
 @pytest.mark.timeout(1500)
 def test_readme_commands_run_as_written(tmp_path):
     shutil.copytree(ROOT / "launch", tmp_path / "launch")
-    tiny_demo_config(tmp_path / "configs" / "demo.yaml")
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1",
-               PYTHONPATH=str(ROOT))
+    tiny_demo_config(tmp_path / "configs" / "demo.yaml", TINY_CONFIG)
     sections = readme_sections()
     for command in [c for name in SECTIONS for c in sections[name]]:
-        if command.startswith("fastprod synth"):
-            command += " " + TINY_DATA
-        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=900)
-        assert done.returncode == 0, f"README command failed: {command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        run_as_written(command + (" " + TINY_DATA if command.startswith("fastprod synth") else ""), tmp_path)
 
     # What the commands promise, checked against the files themselves.
     val = [r for r in pq.read_table(tmp_path / "data/demo-prepared/manifest.parquet").to_pylist() if r["split"] == "val"]
@@ -79,7 +43,7 @@ def test_readme_commands_run_as_written(tmp_path):
         assert (tmp_path / run / "final" / "model.pt").is_file() and (tmp_path / run / "summary.json").is_file()
     assert (tmp_path / "runs/demo-lr-find/lr_find.png").is_file()
     assert len(list((tmp_path / "runs/recipe/o2u").glob("cycle-*.csv"))) >= 1
-    balanced = pq.read_table(tmp_path / "runs/recipe-clean/balanced/manifest.parquet").to_pylist()
+    balanced = pq.read_table(tmp_path / "runs/recipe-clean/balanced-k3/manifest.parquet").to_pylist()
     train_sizes = np.bincount([r["label"] for r in balanced if r["split"] == "train"])
     assert train_sizes.max() <= 3
     assert len(json.loads((tmp_path / "engines/recipe/engine.json").read_text())["checkpoints"]) == 2  # 2 SGDR snapshots

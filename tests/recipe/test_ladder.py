@@ -50,7 +50,7 @@ def test_every_step_and_seed_ran_with_cumulative_settings(ladder):
             assert cfg.o2u.enabled == (step == 5)
     finetune = load_config(out / f"step-{len(STEPS)}" / "seed-1" / "resolved.yaml")
     assert finetune.model.init_from == str(out / f"step-{len(STEPS) - 1}" / "seed-1" / "final" / "model.pt")
-    assert finetune.data.manifest == str(out / "clean" / "balanced")
+    assert finetune.data.manifest == str(out / "clean" / "balanced-k2")
     table = (out / "ladder.md").read_text()
     assert table.count("\n| ") == len(rows) + 1 and "mean of 2 seeds" in table
     for r in rows:  # diagnosis: fractions, against the noise file and the predictions
