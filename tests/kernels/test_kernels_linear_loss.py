@@ -121,10 +121,13 @@ def test_triton_kernels_compile_for_gpu(capability, dtype):
     from fastprod.kernels.linear_loss.triton import BLOCKS, NUM_WARPS, linear_grad_kernel, linear_lse_kernel
 
     tensors = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": f"*{dtype}"}
-    constexprs = dict(BLOCKS, HAS_BIAS=True, INPUT_PRECISION="ieee" if dtype == "fp32" else "tf32")
-    lse_sig = {**tensors, "m_ptr": "*fp32", "s_ptr": "*fp32", **COMMON_SIGNATURE}
+    tensors["o_ptr"] = "*fp32"
+    constexprs = dict(BLOCKS, HAS_BIAS=True, HAS_OFFSET=dtype == "fp32",
+                      INPUT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+    lse_sig = {**tensors, **{k: "*fp32" for k in ("m_ptr", "s_ptr", "m_plain_ptr", "s_plain_ptr")},
+               **COMMON_SIGNATURE, "HAS_OFFSET": "constexpr"}
     grad_sig = {**tensors, "target_ptr": "*i64", **{k: "*fp32" for k in ("lse_ptr", "s_ptr", "t_ptr", "u_ptr",
-                "dx_ptr", "dw_ptr", "db_ptr")}, **COMMON_SIGNATURE, "COMPUTE_DX": "constexpr",
+                "dx_ptr", "dw_ptr", "db_ptr")}, **COMMON_SIGNATURE, "HAS_OFFSET": "constexpr", "COMPUTE_DX": "constexpr",
                 "COMPUTE_DW": "constexpr", "COMPUTE_DB": "constexpr"}
     grad_constexprs = dict(constexprs, COMPUTE_DX=True, COMPUTE_DW=True, COMPUTE_DB=True)
     for fn, sig, const in [(linear_lse_kernel, lse_sig, constexprs), (linear_grad_kernel, grad_sig, grad_constexprs)]:
