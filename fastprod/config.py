@@ -166,9 +166,13 @@ class LossConfig:
     # fused: kernels/ row-wise loss over the logits (Triton on GPU, chunked torch on CPU); fused_linear: the
     # classifier head and the loss in one op that never holds the [B, C] logits (for 10^4-10^5 classes)
     impl: Literal["fused", "fused_linear", "reference"] = "reference"
+    # logit adjustment (Menon et al., ICLR 2021): tau * log(training class prior) added to the logits inside the
+    # loss (CE, label smoothing and SCE's RCE alike); 0: off, 1: balanced softmax (Ren et al., NeurIPS 2020)
+    logit_adjust_tau: float = 0.0
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+        _check(self.logit_adjust_tau >= 0, "logit_adjust_tau", "must be >= 0 (0: off, 1: balanced softmax)")
         _check(self.sce_alpha >= 0 and self.sce_beta >= 0, "sce_alpha", "sce_alpha and sce_beta must be >= 0")
         _check(self.sce_A < 0, "sce_A", "must be negative (log of the clamped zero label)")
 

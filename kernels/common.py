@@ -11,6 +11,10 @@ and the gradient of loss_i times a row scale r_i (1 / N_valid for the mean loss)
 Ignored rows have w_i = 0 here, so their loss and gradient are exactly zero. The per-sample CE that
 O2U records is the true lse - z_y for every row that is not ignored, whatever its weight (a row of
 weight 0 still has a CE, as in `reference_loss` and the Triton row kernel), and 0 for ignored rows.
+
+Logit adjustment (`reference.py`): with a per-class offset o, everything above holds for the row z + o (its
+gradient is that of z, o being a constant); only the CE that O2U records is of the plain z, lse(z) - z_y,
+one more log-sum-exp per row (`plain_ce`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,14 @@ def row_losses(lse: torch.Tensor, z_y: torch.Tensor, sum_z: torch.Tensor | None,
     return torch.where(valid, loss * w, zero), torch.where(valid, ce, zero)
 
 
+def plain_ce(lse_plain: torch.Tensor, z_y: torch.Tensor, offset: torch.Tensor, y: torch.Tensor,
+             target: torch.Tensor, p: LossParams) -> torch.Tensor:
+    """The CE O2U records under a logit offset: lse(z) - z_y of the plain logits, from z_y of z + offset (y: the
+    safe target); 0 on ignored rows."""
+    ce = lse_plain - (z_y - offset[y])
+    return torch.where(target != p.ignore_index, ce, torch.zeros((), dtype=ce.dtype, device=ce.device))
+
+
 def grad_coefficients(ce: torch.Tensor, w: torch.Tensor, row_scale: torch.Tensor, n_classes: int,
                       p: LossParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(s, t, u) of dz_k = s p_k - t [k == y] - u, for per-row loss gradients scaled by `row_scale`."""
@@ -66,11 +78,17 @@ def grad_from_logits_(z: torch.Tensor, lse: torch.Tensor, target: torch.Tensor,
 
 
 def rows_loss_(z: torch.Tensor, target: torch.Tensor, y: torch.Tensor, w: torch.Tensor, row_scale: torch.Tensor,
-               p: LossParams, grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(weighted per-sample loss, unweighted CE, lse) of a block of rows of logits z [R, C] (target, its safe
-    version y and weights w of those rows), in a few in-place passes over z, which it overwrites: with `grad`,
-    z ends as the gradient of sum_i row_scale_i loss_i (row_scale 0-d or [R])."""
+               p: LossParams, grad: bool, offset: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weighted per-sample loss, the CE O2U records, the loss's CE, lse) of a block of rows of logits z [R, C]
+    (target, its safe version y and weights w of those rows) plus the per-class `offset` (logit adjustment;
+    None: none), in a few in-place passes over z, which it overwrites: with `grad`, z ends as the gradient of
+    sum_i row_scale_i loss_i (row_scale 0-d or [R]). The CE and lse are of z + offset, the recorded CE of z."""
     n_classes = z.shape[1]
+    lse_plain = None
+    if offset is not None:
+        lse_plain = torch.logsumexp(z, dim=1)
+        z.add_(offset)
     z_y = z.gather(1, y[:, None]).squeeze(1)
     sum_z = z.sum(dim=1) if p.smoothing else None
     m = z.amax(dim=1, keepdim=True)
@@ -80,7 +98,8 @@ def rows_loss_(z: torch.Tensor, target: torch.Tensor, y: torch.Tensor, w: torch.
     if grad:
         s, t, u = grad_coefficients(ce, w, row_scale, n_classes, p)
         z.mul_((s / d)[:, None]).sub_(u[:, None]).scatter_add_(1, y[:, None], -t[:, None])
-    return per_sample, ce, lse
+    recorded = ce if offset is None else plain_ce(lse_plain, z_y, offset, y, target, p)
+    return per_sample, recorded, ce, lse
 
 
 def mean_loss_grad_scale(grad_loss: torch.Tensor | None, grad_per_sample: torch.Tensor | None,

@@ -35,6 +35,7 @@ def test_resolved_config_round_trips(tmp_path):
     ("data: {manifest: m}\n", ["optim.lr=fast"], "optim.lr"),
     ("data: {manifest: m}\n", ["run.precision=fp8"], "run.precision"),
     ("data: {manifest: m}\n", ["run.zero_stage=4"], "run.zero_stage"),
+    ("data: {manifest: m}\n", ["loss.logit_adjust_tau=-1"], "loss.logit_adjust_tau"),
     ("data: {manifest: m}\n", ["data.image_size=64.5"], "data.image_size"),
     ("data: {manifest: m}\n", ["data.augment.hflip_p=2"], "data.augment.hflip_p"),
     ("data: {manifest: m}\n", ["model.channels_last=1"], "model.channels_last"),

@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import torch
+
 from fastprod.config import ConfigError, LossConfig
 from fastprod.losses.registry import LOSSES, LossFn
 
 
-def create_loss(cfg: LossConfig, inplace_backward: bool = False) -> LossFn:
+def create_loss(cfg: LossConfig, inplace_backward: bool = False, class_prior: torch.Tensor | None = None) -> LossFn:
     """A callable `(logits, target, weights=None) -> LossOutput`; a ConfigError for a `loss.name` no loss is
     registered under, or a `loss.impl` that does not implement it.
+
+    class_prior: the training split's images per class ([C] counts, on the logits' device to spare a copy per
+    step), the prior of `loss.logit_adjust_tau` (logit adjustment, `fastprod.losses.prior`); required when that
+    is not 0, else unused.
 
     impl="fused" gives `fastprod.kernels.fused_loss` (Triton on CUDA tensors, chunked torch otherwise).
     impl="fused_linear" gives `fastprod.kernels.linear_cross_entropy`, called as
@@ -26,7 +32,7 @@ def create_loss(cfg: LossConfig, inplace_backward: bool = False) -> LossFn:
     if cfg.impl not in loss.impls:
         raise ConfigError(f"loss.impl: {cfg.impl!r} does not implement loss.name {cfg.name!r} "
                           f"(implemented by: {', '.join(loss.impls)})")
-    return loss(cfg).path(cfg.impl, inplace_backward)
+    return loss(cfg, class_prior).path(cfg.impl, inplace_backward)
 
 
 __all__ = ["LossFn", "create_loss"]

@@ -8,9 +8,12 @@ from collections.abc import Callable
 from functools import partial
 from typing import ClassVar
 
-from fastprod.config import LossConfig
+import torch
+
+from fastprod.config import ConfigError, LossConfig
 from fastprod.kernels import fused_loss, linear_cross_entropy
 from fastprod.kernels.reference import LossOutput, LossParams, reference_loss
+from fastprod.losses.prior import logit_offset
 
 LossFn = Callable[..., LossOutput]
 
@@ -28,13 +31,18 @@ INPLACE_PATHS = ("fused",)
 class Loss(ABC):
     """A training loss: its `loss.name`, the `loss.impl` paths that implement it, and its numbers, taken once
     from the config as the `LossParams` every path reads. Each takes the O2U per-sample weights (seed
-    section 3) as `weights=`."""
+    section 3) as `weights=`, and adds the logit-adjustment offset tau * log(prior) to the logits
+    (`loss.logit_adjust_tau`, prior: the `class_prior` counts; `prior.logit_offset`)."""
 
     name: ClassVar[str]
     impls: ClassVar[tuple[str, ...]]
 
-    def __init__(self, cfg: LossConfig) -> None:
+    def __init__(self, cfg: LossConfig, class_prior: torch.Tensor | None = None) -> None:
         self.params = self.params_from(cfg)
+        if cfg.logit_adjust_tau and class_prior is None:
+            raise ConfigError("loss.logit_adjust_tau: needs the training split's class sizes (create_loss(..., "
+                              "class_prior=...))")
+        self.logit_offset = None if class_prior is None else logit_offset(class_prior, cfg.logit_adjust_tau)
 
     @staticmethod
     @abstractmethod
@@ -44,9 +52,10 @@ class Loss(ABC):
     def path(self, impl: str, inplace_backward: bool = False) -> LossFn:
         """This loss as computed by `impl` (one of `impls`), its numbers bound; `inplace_backward` as in
         `create_loss`."""
+        bound = dict(params=self.params, logit_offset=self.logit_offset)
         if inplace_backward and impl in INPLACE_PATHS:
-            return partial(PATHS[impl], params=self.params, inplace_backward=True)
-        return partial(PATHS[impl], params=self.params)
+            return partial(PATHS[impl], **bound, inplace_backward=True)
+        return partial(PATHS[impl], **bound)
 
 
 LOSSES: dict[str, type[Loss]] = {}

@@ -68,27 +68,32 @@ class GradAccumulator:
                 None if self.db is None else self.db.to(self.b.dtype))
 
 
-def linear_loss_torch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, target: torch.Tensor,
-                      y: torch.Tensor, wts: torch.Tensor, inv_n: torch.Tensor, p: LossParams,
-                      needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Grads]:
-    """(weighted per-sample loss, unweighted CE, lse, (dX, dW, db) of the mean loss) for the logits x w^T + b,
-    target (y: its safe version) and row weights wts (`fastprod.kernels.common`); the gradients only where
-    `needs` says so (none: the loss alone). Per-row outputs in float32 or wider."""
+def linear_loss_torch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, offset: torch.Tensor | None,
+                      target: torch.Tensor, y: torch.Tensor, wts: torch.Tensor, inv_n: torch.Tensor, p: LossParams,
+                      needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor, ...]:
+    """(weighted per-sample loss, recorded CE, the loss's CE, lse, (dX, dW, db) of the mean loss) for the logits
+    x w^T + b (+ offset, logit adjustment; `common.rows_loss_`), target (y: its safe version) and row weights wts
+    (`fastprod.kernels.common`); the gradients only where `needs` says so (none: the loss alone). Per-row
+    outputs in float32 or wider."""
     acc = torch.promote_types(x.dtype, torch.float32)
-    per_sample, ce, lse = (torch.empty(x.shape[0], dtype=acc, device=x.device) for _ in range(3))
+    per_sample, recorded, ce, lse = (torch.empty(x.shape[0], dtype=acc, device=x.device) for _ in range(4))
     grads = GradAccumulator(x, w, b, needs)
     for rows, z in _row_blocks(x, w, b, acc):
-        per_sample[rows], ce[rows], lse[rows] = rows_loss_(z, target[rows], y[rows], wts[rows], inv_n, p, any(needs))
+        per_sample[rows], recorded[rows], ce[rows], lse[rows] = rows_loss_(z, target[rows], y[rows], wts[rows], inv_n,
+                                                                         p, any(needs), offset)
         if any(needs):
             grads.add(rows, z)
-    return per_sample, ce, lse, grads.result()
+    return per_sample, recorded, ce, lse, grads.result()
 
 
-def linear_grads_torch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, target: torch.Tensor,
-                       lse: torch.Tensor, coefs: tuple[torch.Tensor, ...], needs: tuple[bool, bool, bool]) -> Grads:
-    """(dX, dW, db) for dz = s p - t [k == y] - u (`fastprod.kernels.common`), each only where `needs` says so,
-    from recomputed blocks of logits."""
+def linear_grads_torch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, offset: torch.Tensor | None,
+                       target: torch.Tensor, lse: torch.Tensor, coefs: tuple[torch.Tensor, ...],
+                       needs: tuple[bool, bool, bool]) -> Grads:
+    """(dX, dW, db) for dz = s p - t [k == y] - u (`fastprod.kernels.common`; p of the logits + offset), each
+    only where `needs` says so, from recomputed blocks of logits."""
     grads = GradAccumulator(x, w, b, needs)
     for rows, z in _row_blocks(x, w, b, lse.dtype):
+        if offset is not None:
+            z.add_(offset)
         grads.add(rows, grad_from_logits_(z, lse[rows], target[rows], tuple(c[rows] for c in coefs)))
     return grads.result()

@@ -4,7 +4,8 @@ BLOCK_C classes] are computed with tl.dot and never stored: the forward writes e
 of exponentials (combined on the host into the log-sum-exp), the backward recomputes the tile, turns it
 into dz (`fastprod.kernels.common` algebra) and atomically adds its shares of dX, dW and db into float32
 buffers (as Cut Cross-Entropy does), one chunk of classes per launch so the float32 buffer for dW never
-spans the whole head.
+spans the whole head. A logit-adjustment offset o (HAS_OFFSET, float32 [C]) is added to each tile; the forward
+then also writes the plain tile's max and sum, for the plain CE that O2U records.
 """
 
 from __future__ import annotations
@@ -36,33 +37,40 @@ def _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, n_rows, n_classes, dim, stride
 
 
 @triton.jit
-def linear_lse_kernel(x_ptr, w_ptr, b_ptr, m_ptr, s_ptr, n_rows, n_classes, dim, stride_x, stride_w,
-                      HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-                      INPUT_PRECISION: tl.constexpr):
+def linear_lse_kernel(x_ptr, w_ptr, b_ptr, o_ptr, m_ptr, s_ptr, m_plain_ptr, s_plain_ptr, n_rows, n_classes, dim,
+                      stride_x, stride_w, HAS_BIAS: tl.constexpr, HAS_OFFSET: tl.constexpr, BLOCK_B: tl.constexpr,
+                      BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     z = _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, n_rows, n_classes, dim, stride_x, stride_w,
                      HAS_BIAS, BLOCK_B, BLOCK_C, BLOCK_D, INPUT_PRECISION)
     z = tl.where(cols[None, :] < n_classes, z, float("-inf"))
+    out = tl.program_id(1) * n_rows + rows
+    if HAS_OFFSET:
+        m = tl.max(z, 1)
+        tl.store(m_plain_ptr + out, m, mask=rows < n_rows)
+        tl.store(s_plain_ptr + out, tl.sum(tl.exp(z - m[:, None]), 1), mask=rows < n_rows)
+        z += tl.load(o_ptr + cols, mask=cols < n_classes, other=0.0)[None, :]
     m = tl.max(z, 1)
     s = tl.sum(tl.exp(z - m[:, None]), 1)
-    out = tl.program_id(1) * n_rows + rows
     tl.store(m_ptr + out, m, mask=rows < n_rows)
     tl.store(s_ptr + out, s, mask=rows < n_rows)
 
 
 @triton.jit
-def linear_grad_kernel(x_ptr, w_ptr, b_ptr, target_ptr, lse_ptr, s_ptr, t_ptr, u_ptr, dx_ptr, dw_ptr, db_ptr,
-                       n_rows, n_classes, dim, stride_x, stride_w,
-                       HAS_BIAS: tl.constexpr, COMPUTE_DX: tl.constexpr, COMPUTE_DW: tl.constexpr,
-                       COMPUTE_DB: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
-                       BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+def linear_grad_kernel(x_ptr, w_ptr, b_ptr, o_ptr, target_ptr, lse_ptr, s_ptr, t_ptr, u_ptr, dx_ptr, dw_ptr,
+                       db_ptr, n_rows, n_classes, dim, stride_x, stride_w,
+                       HAS_BIAS: tl.constexpr, HAS_OFFSET: tl.constexpr, COMPUTE_DX: tl.constexpr,
+                       COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, BLOCK_B: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     rmask = rows < n_rows
     cmask = cols < n_classes
     z = _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, n_rows, n_classes, dim, stride_x, stride_w,
                      HAS_BIAS, BLOCK_B, BLOCK_C, BLOCK_D, INPUT_PRECISION)
+    if HAS_OFFSET:
+        z += tl.load(o_ptr + cols, mask=cmask, other=0.0)[None, :]
     lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
     s = tl.load(s_ptr + rows, mask=rmask, other=0.0)
     t = tl.load(t_ptr + rows, mask=rmask, other=0.0)
@@ -95,19 +103,21 @@ def _launch_args(x: torch.Tensor, w: torch.Tensor, blocks: dict[str, int]) -> tu
     return grid, dict(blocks, INPUT_PRECISION=precision, num_warps=NUM_WARPS)
 
 
-def linear_lse_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-                      blocks: dict[str, int] = BLOCKS) -> torch.Tensor:
-    """log sum_k exp(x w_k + b_k) per row, float32."""
+def linear_lse_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, offset: torch.Tensor | None,
+                      blocks: dict[str, int] = BLOCKS) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log sum_k exp(x w_k + b_k + o_k), log sum_k exp(x w_k + b_k) or None without an offset) per row, float32."""
     grid, meta = _launch_args(x, w, blocks)
-    m = torch.empty((grid[1], x.shape[0]), dtype=torch.float32, device=x.device)
-    s = torch.empty_like(m)
-    linear_lse_kernel[grid](x, w, w if b is None else b, m, s, x.shape[0], w.shape[0], x.shape[1], x.stride(0),
-                            w.stride(0), HAS_BIAS=b is not None, **meta)
-    return torch.logsumexp(m + torch.log(s), dim=0)
+    m, s = (torch.empty((grid[1], x.shape[0]), dtype=torch.float32, device=x.device) for _ in range(2))
+    m_plain, s_plain = (m, s) if offset is None else (torch.empty_like(m), torch.empty_like(s))
+    linear_lse_kernel[grid](x, w, w if b is None else b, m if offset is None else offset, m, s, m_plain, s_plain,
+                            x.shape[0], w.shape[0], x.shape[1], x.stride(0), w.stride(0), HAS_BIAS=b is not None,
+                            HAS_OFFSET=offset is not None, **meta)
+    lse_plain = None if offset is None else torch.logsumexp(m_plain + torch.log(s_plain), dim=0)
+    return torch.logsumexp(m + torch.log(s), dim=0), lse_plain
 
 
-def linear_grads_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, target: torch.Tensor,
-                        lse: torch.Tensor, coefs: tuple[torch.Tensor, ...], needs: tuple[bool, bool, bool],
+def linear_grads_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, offset: torch.Tensor | None,
+                        target: torch.Tensor, lse: torch.Tensor, coefs: tuple[torch.Tensor, ...], needs: tuple[bool, bool, bool],
                         blocks: dict[str, int] = BLOCKS, class_chunk: int = GRAD_CLASS_CHUNK,
                         ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(dX, dW, db) for dz = s p - t [k == y] - u, returned in the inputs' dtypes.
@@ -130,9 +140,11 @@ def linear_grads_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
         dw_c = dw_acc[: c1 - c0].zero_() if dw is not None else lse
         db_c = db_acc[: c1 - c0].zero_() if db is not None else lse
         grid, meta = _launch_args(x, wc, blocks)
-        linear_grad_kernel[grid](x, wc, bc, target - c0, lse, s, t, u, lse if dx is None else dx, dw_c, db_c,
+        oc = offset[c0:c1] if offset is not None else lse
+        linear_grad_kernel[grid](x, wc, bc, oc, target - c0, lse, s, t, u, lse if dx is None else dx, dw_c, db_c,
                                  x.shape[0], c1 - c0, x.shape[1], x.stride(0), w.stride(0), HAS_BIAS=b is not None,
-                                 COMPUTE_DX=needs[0], COMPUTE_DW=needs[1], COMPUTE_DB=want_db, **meta)
+                                 HAS_OFFSET=offset is not None, COMPUTE_DX=needs[0], COMPUTE_DW=needs[1],
+                                 COMPUTE_DB=want_db, **meta)
         if dw is not None:
             dw[c0:c1].copy_(dw_c)
         if db is not None:

@@ -37,18 +37,19 @@ def row_backend(impl: RowImpl, device: torch.device) -> RowBackend:
 
 
 class RowLossFunction(torch.autograd.Function):
-    """(logits, target, weights) -> (loss, per_sample, ce); ce is not differentiable, weights get no gradient."""
+    """(logits, target, weights, offset) -> (loss, per_sample, ce); ce is not differentiable, weights and the
+    offset get no gradient."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, p: LossParams,
-                inplace_backward: bool, backend: RowBackend, grad_enabled: bool,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
+                offset: torch.Tensor | None, p: LossParams, inplace_backward: bool, backend: RowBackend,
+                grad_enabled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.set_materialize_grads(False)
         inv_n = inv_valid_count(target, p, logits.dtype)
         grad = None
         if grad_enabled and ctx.needs_input_grad[0]:
             grad = logits if inplace_backward else torch.empty_like(logits, memory_format=torch.contiguous_format)
-        per_sample, ce = backend(logits, target, weights, inv_n, p, grad)
+        per_sample, ce = backend(logits, target, weights, offset, inv_n, p, grad)
         if inplace_backward and grad is not None:
             torch.autograd.graph.increment_version(logits)
         ctx.save_for_backward(grad, inv_n)
@@ -59,20 +60,23 @@ class RowLossFunction(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor | None, grad_per_sample: torch.Tensor | None, _grad_ce: None):
         grad, inv_n = ctx.saved_tensors
         scale = mean_loss_grad_scale(grad_loss, grad_per_sample, inv_n)
-        return scale_grad_(grad, scale if scale.dim() == 0 else scale[:, None]), None, None, None, None, None, None
+        return scale_grad_(grad, scale if scale.dim() == 0 else scale[:, None]), None, None, None, None, None, None, None
 
 
 def fused_loss(logits: torch.Tensor, target: torch.Tensor, *, weights: torch.Tensor | None = None,
-               params: LossParams | None = None, inplace_backward: bool = False, impl: RowImpl = "auto",
-               **terms: float) -> LossOutput:
+               params: LossParams | None = None, logit_offset: torch.Tensor | None = None,
+               inplace_backward: bool = False, impl: RowImpl = "auto", **terms: float) -> LossOutput:
     """`reference_loss` computed by one fused pass per row (Triton on CUDA, chunked torch elsewhere), for
-    `params` or the LossParams of the keyword `terms` (smoothing, alpha, beta, A, ignore_index).
+    `params` or the LossParams of the keyword `terms` (smoothing, alpha, beta, A, ignore_index), on the logits
+    plus `logit_offset` ([C], logit adjustment; None: no offset).
 
     inplace_backward=True overwrites `logits` with their gradient during the forward (no [B, C] gradient
     buffer): only for callers that never read the logits again (a training step that only backpropagates
     the loss)."""
     p = loss_params(params, terms)
     backend = row_backend(impl, logits.device)
-    loss, per_sample, ce = RowLossFunction.apply(logits, target, weights, p, inplace_backward, backend,
-                                              torch.is_grad_enabled())
+    if logit_offset is not None:
+        logit_offset = logit_offset.to(device=logits.device, dtype=torch.promote_types(logits.dtype, torch.float32))
+    loss, per_sample, ce = RowLossFunction.apply(logits, target, weights, logit_offset, p, inplace_backward,
+                                                 backend, torch.is_grad_enabled())
     return LossOutput(loss, per_sample, ce)

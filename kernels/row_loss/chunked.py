@@ -15,12 +15,15 @@ from fastprod.kernels.reference import LossParams
 CHUNK_ELEMENTS = 1 << 21  # rows per block: about 8 MiB of float32 logits
 
 
-def row_loss_torch(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, inv_n: torch.Tensor,
-                   p: LossParams, grad_out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample weighted loss and unweighted CE (accumulation dtype: float32 or wider); when grad_out is
-    given, writes d(mean loss)/d logits into it (it may be `logits` itself)."""
+def row_loss_torch(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
+                   offset: torch.Tensor | None, inv_n: torch.Tensor, p: LossParams,
+                   grad_out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample weighted loss of logits + offset ([C] logit adjustment, or None) and the unweighted CE of the
+    logits (accumulation dtype: float32 or wider); when grad_out is given, writes d(mean loss)/d logits into it
+    (it may be `logits` itself)."""
     n_rows, n_classes = logits.shape
     acc = torch.promote_types(logits.dtype, torch.float32)
+    offset = None if offset is None else offset.to(acc)
     w, y = row_weights(target, weights, p, acc), safe_target(target, p)
     per_sample = torch.empty(n_rows, dtype=acc, device=logits.device)
     ce = torch.empty_like(per_sample)
@@ -29,7 +32,8 @@ def row_loss_torch(logits: torch.Tensor, target: torch.Tensor, weights: torch.Te
     for r0 in range(0, n_rows, step):
         rows = slice(r0, r0 + step)
         z = logits[rows] if in_place else logits[rows].to(acc, copy=True)
-        per_sample[rows], ce[rows], _ = rows_loss_(z, target[rows], y[rows], w[rows], inv_n, p, grad_out is not None)
+        per_sample[rows], ce[rows], _, _ = rows_loss_(z, target[rows], y[rows], w[rows], inv_n, p,
+                                                      grad_out is not None, offset)
         if grad_out is not None and not in_place:
             grad_out[rows].copy_(z)
     return per_sample, ce

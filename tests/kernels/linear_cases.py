@@ -6,9 +6,11 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 
 from fastprod.config import A_OFFICIAL, A_PAPER
 from fastprod.kernels import linear_cross_entropy
+from fastprod.kernels.reference import reference_loss
 from row_cases import backpropagate, true_ce
 
 # (rows, dim, classes, bias, smoothing, alpha, beta, A, weighted, ignored rows, rows of weight 0);
@@ -45,18 +47,27 @@ def run_linear(fn, params, target, weights, dtype, needs=(True, True, True), gra
     return out, [None if t is None else t.grad for t in leaves]
 
 
+def adjusted_reference(x, w, b, target, *, logit_offset: torch.Tensor, **kw):
+    """The closed form of logit adjustment: the plain formula on x w^T + b + offset."""
+    return reference_loss(F.linear(x, w, b) + logit_offset.to(x.dtype), target, **kw)
+
+
 def check_against_reference(fn, case, dtype: torch.dtype, tol: float, needs=(True, True, True),
-                            grad_output: float | None = None) -> None:
+                            grad_output: float | None = None, offset: torch.Tensor | None = None) -> None:
+    """`fn` against the naive float64 expression; with a logit-adjustment `offset`, against its closed form (the
+    plain formula on the logits + offset; the recorded CE of the plain logits)."""
     rows, dim, classes, bias, smoothing, alpha, beta, A, weighted, ignored, zero_weight = case
     params, target, weights = make_case(rows, dim, classes, bias, weighted, ignored, zero_weight=zero_weight)
     x, w, b = params
     logits = x @ w.T + (b if b is not None else 0)
     kw = dict(smoothing=smoothing, alpha=alpha, beta=beta, A=A)
-    ref, ref_grads = run_linear(partial(linear_cross_entropy, impl="reference"), params, target, weights,
-                                torch.float64, grad_output=grad_output, **kw)
+    naive = partial(linear_cross_entropy, impl="reference")
+    if offset is not None:
+        naive, kw["logit_offset"] = adjusted_reference, offset
+    ref, ref_grads = run_linear(naive, params, target, weights, torch.float64, grad_output=grad_output, **kw)
     out, grads = run_linear(fn, params, target, weights, dtype, needs, grad_output, **kw)
-    pairs = [("loss", out.loss, ref.loss), ("per_sample", out.per_sample, ref.per_sample), ("ce", out.ce, ref.ce),
-             ("true ce", out.ce, true_ce(logits, target))]
+    pairs = [("loss", out.loss, ref.loss), ("per_sample", out.per_sample, ref.per_sample),
+             ("true ce", out.ce, true_ce(logits, target))] + ([("ce", out.ce, ref.ce)] if offset is None else [])
     pairs += [(name, g, r) for name, g, r, need in zip(("dX", "dW", "db"), grads, ref_grads, needs) if need and r is not None]
     for name, a, b in pairs:
         torch.testing.assert_close(a.double(), b, atol=tol, rtol=tol, msg=lambda m: f"{name} {case}: {m}")

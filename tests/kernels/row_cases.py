@@ -13,6 +13,7 @@ import torch
 
 from fastprod.config import A_OFFICIAL, A_PAPER
 from fastprod.kernels.reference import reference_loss
+from fastprod.losses import logit_offset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,16 +66,31 @@ def run_loss(fn, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tens
     return out, z.grad
 
 
+def long_tail_offset(classes: int, tau: float, seed: int = 0) -> torch.Tensor | None:
+    """The logit-adjustment offset tau * log(prior) (`fastprod.losses.logit_offset`) of a long-tailed training
+    split: Zipf-like class sizes from 500 down to 1 in a random class order, every 97th class with no image."""
+    g = torch.Generator().manual_seed(seed)
+    counts = (500 * torch.arange(1, classes + 1, dtype=torch.float64) ** -0.8).ceil()[torch.randperm(classes, generator=g)]
+    counts[::97] = 0
+    return logit_offset(counts, tau)
+
+
 def check_against_reference(fn, case, dtype: torch.dtype, tol: float, grad_output: float | None = None,
-                            **extra) -> None:
+                            offset: torch.Tensor | None = None, **extra) -> None:
+    """`fn` against the float64 reference; with a logit-adjustment `offset`, against its closed form: the plain
+    formula on logits + offset for the loss and the gradient, the plain logits' CE for the recorded CE."""
     rows, classes, smoothing, alpha, beta, A, weighted, ignored, zero_weight = case
     logits, target, weights = make_case(rows, classes, weighted, ignored, zero_weight=zero_weight)
     kw = dict(smoothing=smoothing, alpha=alpha, beta=beta, A=A)
-    ref, ref_grad = run_loss(reference_loss, logits, target, weights, grad_output, **kw)
+    adjusted = logits if offset is None else logits + offset.double()
+    ref, ref_grad = run_loss(reference_loss, adjusted, target, weights, grad_output, **kw)
+    if offset is not None:
+        extra["logit_offset"] = offset
     out, grad = run_loss(fn, logits.to(dtype), target, None if weights is None else weights.to(dtype), grad_output,
                          **kw, **extra)
-    for name, a, b in [("loss", out.loss, ref.loss), ("per_sample", out.per_sample, ref.per_sample),
-                       ("ce", out.ce, ref.ce), ("true ce", out.ce, true_ce(logits, target)), ("grad", grad, ref_grad)]:
+    pairs = [("loss", out.loss, ref.loss), ("per_sample", out.per_sample, ref.per_sample),
+             ("true ce", out.ce, true_ce(logits, target)), ("grad", grad, ref_grad)]
+    for name, a, b in pairs + ([("ce", out.ce, ref.ce)] if offset is None else []):
         torch.testing.assert_close(a.double(), b, atol=tol, rtol=tol, msg=lambda m: f"{name} {case}: {m}")
     assert not out.ce.requires_grad
     silent = ignored + zero_weight  # rows that add nothing to the loss or the gradient

@@ -27,13 +27,18 @@ def on_cuda(fn):
     return wrapped
 
 
+@pytest.mark.parametrize("tau", [0.0, 1.5])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("case", row.CASES, ids=lambda c: f"B{c[0]}-C{c[1]}")
-def test_row_loss_triton_on_gpu(case, dtype, tol):
-    row.check_against_reference(on_cuda(partial(fused_loss, impl="triton")), case, dtype, tol)
+def test_row_loss_triton_on_gpu(case, dtype, tol, tau):
+    """tau > 0: logit adjustment, against its float64 closed form (`row_cases.check_against_reference`)."""
+    row.check_against_reference(on_cuda(partial(fused_loss, impl="triton")), case, dtype, tol,
+                                offset=row.long_tail_offset(case[1], tau))
 
 
+@pytest.mark.parametrize("tau", [0.0, 1.5])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-3), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("case", linear.CASES, ids=lambda c: f"B{c[0]}-D{c[1]}-C{c[2]}")
-def test_linear_loss_triton_on_gpu(case, dtype, tol):
-    linear.check_against_reference(on_cuda(partial(linear_cross_entropy, impl="triton")), case, dtype, tol)
+def test_linear_loss_triton_on_gpu(case, dtype, tol, tau):
+    linear.check_against_reference(on_cuda(partial(linear_cross_entropy, impl="triton")), case, dtype, tol,
+                                   offset=row.long_tail_offset(case[2], tau))

@@ -15,7 +15,7 @@ from fastprod.kernels import linear_cross_entropy
 from fastprod.kernels.reference import reference_loss
 from fastprod.losses import create_loss
 from linear_cases import CASES, REALISTIC, check_against_reference, make_case
-from row_cases import poison_allocations, run_in_interpreter
+from row_cases import long_tail_offset, poison_allocations, run_in_interpreter
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +35,26 @@ def test_chunked_path_at_a_realistic_shape(grad_output):
     step does: the gradient the forward computed, handed over as is (grad_output == 1) or scaled."""
     check_against_reference(partial(linear_cross_entropy, impl="chunked"), REALISTIC, torch.float64, 1e-9,
                             grad_output=grad_output)
+
+
+@pytest.mark.parametrize("tau", [1.0, 1.5])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-D{c[1]}-C{c[2]}-bias{int(c[3])}-e{c[4]}-b{c[6]}")
+def test_logit_adjusted_chunked_path_matches_closed_form(case, tau):
+    """Logit adjustment: loss, dX, dW and db of x w^T + b + tau log prior; the recorded CE of the plain logits."""
+    check_against_reference(partial(linear_cross_entropy, impl="chunked"), case, torch.float64, 1e-9,
+                            offset=long_tail_offset(case[2], tau))
+
+
+@pytest.mark.parametrize("grad_output", [1.0, 0.3])
+def test_logit_adjusted_realistic_shape(grad_output):
+    check_against_reference(partial(linear_cross_entropy, impl="chunked"), REALISTIC, torch.float64, 1e-9,
+                            grad_output=grad_output, offset=long_tail_offset(REALISTIC[2], 1.5))
+
+
+def test_logit_adjusted_recomputed_gradient():
+    """Per-sample and second backwards recompute the gradient from the saved lse: with the offset added again."""
+    check_against_reference(partial(linear_cross_entropy, impl="chunked"), CASES[2], torch.float64, 1e-9,
+                            offset=long_tail_offset(CASES[2][2], 1.5), grad_output=None)
 
 
 @pytest.mark.parametrize("inplace", [False, True])
@@ -106,7 +126,7 @@ def test_mixed_dtypes_are_refused():
 
 @pytest.mark.e2e
 def test_triton_kernels_in_the_interpreter():
-    assert f"ok {len(CASES) + 1} cases" in run_in_interpreter(__file__)
+    assert f"ok {2 * len(CASES) + 1} cases" in run_in_interpreter(__file__)
 
 
 COMMON_SIGNATURE = {"n_rows": "i32", "n_classes": "i32", "dim": "i32", "stride_x": "i32", "stride_w": "i32",
@@ -121,10 +141,13 @@ def test_triton_kernels_compile_for_gpu(capability, dtype):
     from fastprod.kernels.linear_loss.triton import BLOCKS, NUM_WARPS, linear_grad_kernel, linear_lse_kernel
 
     tensors = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": f"*{dtype}"}
-    constexprs = dict(BLOCKS, HAS_BIAS=True, INPUT_PRECISION="ieee" if dtype == "fp32" else "tf32")
-    lse_sig = {**tensors, "m_ptr": "*fp32", "s_ptr": "*fp32", **COMMON_SIGNATURE}
+    tensors["o_ptr"] = "*fp32"
+    constexprs = dict(BLOCKS, HAS_BIAS=True, HAS_OFFSET=dtype == "fp32",
+                      INPUT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+    lse_sig = {**tensors, **{k: "*fp32" for k in ("m_ptr", "s_ptr", "m_plain_ptr", "s_plain_ptr")},
+               **COMMON_SIGNATURE, "HAS_OFFSET": "constexpr"}
     grad_sig = {**tensors, "target_ptr": "*i64", **{k: "*fp32" for k in ("lse_ptr", "s_ptr", "t_ptr", "u_ptr",
-                "dx_ptr", "dw_ptr", "db_ptr")}, **COMMON_SIGNATURE, "COMPUTE_DX": "constexpr",
+                "dx_ptr", "dw_ptr", "db_ptr")}, **COMMON_SIGNATURE, "HAS_OFFSET": "constexpr", "COMPUTE_DX": "constexpr",
                 "COMPUTE_DW": "constexpr", "COMPUTE_DB": "constexpr"}
     grad_constexprs = dict(constexprs, COMPUTE_DX=True, COMPUTE_DW=True, COMPUTE_DB=True)
     for fn, sig, const in [(linear_lse_kernel, lse_sig, constexprs), (linear_grad_kernel, grad_sig, grad_constexprs)]:
@@ -142,19 +165,22 @@ def interpreter_main() -> None:
 
     poison_allocations()
 
-    def triton_loss(x, w, b, target, *, weights, smoothing, alpha, beta, A, blocks):
+    def triton_loss(x, w, b, target, *, weights, smoothing, alpha, beta, A, blocks, logit_offset=None):
         chunk = 4 * blocks["BLOCK_C"] + 7  # several gradient launches, the last one partial
         backend = LinearBackend(partial(loss_from_lse, partial(linear_lse_triton, blocks=blocks)),
                                 partial(linear_grads_triton, blocks=blocks, class_chunk=chunk))
         p = LossParams(smoothing, alpha, beta, A)
-        return LossOutput(*LinearLossFunction.apply(x, w, b, target, weights, p, backend, torch.is_grad_enabled()))
+        return LossOutput(*LinearLossFunction.apply(x, w, b, target, weights, logit_offset, p, backend,
+                                                    torch.is_grad_enabled()))
 
     small = {"BLOCK_B": 16, "BLOCK_C": 32, "BLOCK_D": 16}
     for case in CASES:
         blocks = dict(small, BLOCK_C=256) if case[2] > 10000 else small
         check_against_reference(partial(triton_loss, blocks=blocks), case, torch.float32, 2e-5)
+        check_against_reference(partial(triton_loss, blocks=blocks), case, torch.float32, 2e-5,
+                                offset=long_tail_offset(case[2], 1.5))
     check_against_reference(partial(triton_loss, blocks=small), CASES[2], torch.float32, 2e-5, needs=(False, True, False))
-    print(f"ok {len(CASES) + 1} cases")
+    print(f"ok {2 * len(CASES) + 1} cases")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import torch
 from fastprod.config import A_PAPER, LossConfig
 from fastprod.kernels.reference import reference_loss
 from fastprod.losses import create_loss
-from row_cases import (CASES, REALISTIC, check_against_reference, make_case, poison_allocations, run_in_interpreter,
-                       run_loss)
+from row_cases import (CASES, REALISTIC, check_against_reference, long_tail_offset, make_case, poison_allocations,
+                       run_in_interpreter, run_loss)
 
 
 @pytest.fixture(autouse=True)
@@ -119,28 +119,56 @@ def test_create_loss_inplace_backward_writes_the_gradient_over_the_logits():
         torch.testing.assert_close(hidden.detach(), ref_grad if inplace else logits, atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("tau", [1.0, 1.5])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-C{c[1]}-e{c[2]}-b{c[4]}")
+def test_logit_adjusted_torch_path_matches_closed_form(case, tau):
+    """Logit adjustment: loss and gradient of logits + tau log prior, the recorded CE of the plain logits."""
+    from fastprod.kernels import fused_loss
+
+    check_against_reference(fused_loss, case, torch.float64, 1e-10, offset=long_tail_offset(case[1], tau))
+
+
+@pytest.mark.parametrize("tau", [1.0, 1.5])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_logit_adjusted_realistic_shape(inplace, tau):
+    """The training-sized block with a long-tailed prior (classes without images included), as the trainer
+    calls it: backpropagated from the loss alone, out of place and over the logits."""
+    from fastprod.kernels import fused_loss
+
+    check_against_reference(fused_loss, REALISTIC, torch.float64, 1e-10, 1.0,
+                            offset=long_tail_offset(REALISTIC[1], tau), inplace_backward=inplace)
+
+
+def test_logit_adjusted_bf16_logits():
+    from fastprod.kernels import fused_loss
+
+    check_against_reference(fused_loss, CASES[2], torch.bfloat16, 5e-2, offset=long_tail_offset(CASES[2][1], 1.5),
+                            inplace_backward=True)
+
+
 @pytest.mark.e2e
 def test_triton_kernel_in_the_interpreter():
-    assert f"ok {len(CASES) + 1} cases" in run_in_interpreter(__file__)
+    assert f"ok {2 * len(CASES) + 1} cases" in run_in_interpreter(__file__)
 
 
 ROW_SIGNATURE = {
     "logits_ptr": "*{t}", "logits_stride": "i64", "grad_ptr": "*{t}", "grad_stride": "i64", "target_ptr": "*i64",
-    "weights_ptr": "*fp32", "inv_n_ptr": "*fp32", "loss_ptr": "*fp32", "ce_ptr": "*fp32", "n_classes": "i32",
+    "weights_ptr": "*fp32", "offset_ptr": "*fp32", "inv_n_ptr": "*fp32", "loss_ptr": "*fp32", "ce_ptr": "*fp32", "n_classes": "i32",
     "ignore_index": "i32", "smoothing": "fp32", "alpha": "fp32", "rce_scale": "fp32",
-    "HAS_WEIGHTS": "constexpr", "COMPUTE_GRAD": "constexpr", "BLOCK": "constexpr",
+    "HAS_WEIGHTS": "constexpr", "HAS_OFFSET": "constexpr", "COMPUTE_GRAD": "constexpr", "BLOCK": "constexpr",
 }
 
 
 @pytest.mark.parametrize("capability", [80, 90])
-@pytest.mark.parametrize("dtype, grad", [("fp32", True), ("bf16", True), ("fp16", False)])
-def test_triton_kernel_compiles_for_gpu(capability, dtype, grad):
+@pytest.mark.parametrize("dtype, grad, offset", [("fp32", True, True), ("bf16", True, False), ("fp16", False, True)])
+def test_triton_kernel_compiles_for_gpu(capability, dtype, grad, offset):
     from fastprod.kernels.gpu_compile import compile_for_gpu
     from fastprod.kernels.row_loss.triton import launch_config, row_loss_kernel
 
     block, num_warps = launch_config(50030)
     signature = {k: v.format(t=dtype) for k, v in ROW_SIGNATURE.items()}
-    kernel = compile_for_gpu(row_loss_kernel, signature, dict(HAS_WEIGHTS=True, COMPUTE_GRAD=grad, BLOCK=block),
+    kernel = compile_for_gpu(row_loss_kernel, signature, dict(HAS_WEIGHTS=True, HAS_OFFSET=offset, COMPUTE_GRAD=grad,
+                                                                    BLOCK=block),
                              capability, num_warps)
     assert kernel.asm["cubin"] and f".target sm_{capability}" in kernel.asm["ptx"]
 
@@ -153,6 +181,8 @@ def interpreter_main() -> None:
 
     for case in CASES:
         check_against_reference(lambda *a, **k: fused_loss(*a, impl="triton", **k), case, torch.float32, 2e-5)
+        check_against_reference(lambda *a, **k: fused_loss(*a, impl="triton", **k), case, torch.float32, 2e-5,
+                                offset=long_tail_offset(case[1], 1.5))
     # in place, and logits whose rows are strided (a view of a wider buffer), with a NaN-poisoned gradient
     logits, target, weights = make_case(4, 300, True, [3])
     wide = torch.full((4, 320), math.nan)
@@ -167,7 +197,7 @@ def interpreter_main() -> None:
                      inplace_backward=True)
     out.loss.backward()
     torch.testing.assert_close(z.grad.double(), ref_grad, atol=2e-6, rtol=1e-5)
-    print(f"ok {len(CASES) + 1} cases")
+    print(f"ok {2 * len(CASES) + 1} cases")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,14 @@
 import math
 import typing
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fastprod.config import A_OFFICIAL, A_PAPER, ConfigError, LossConfig
 from fastprod.kernels.reference import LossParams
-from fastprod.losses import create_loss, reference_loss
+from fastprod.losses import create_loss, logit_offset, reference_loss
 
 
 def inputs(b=9, c=13, seed=0):
@@ -142,3 +143,96 @@ def test_a_path_that_does_not_implement_the_loss_is_a_config_error(reference_onl
     torch.testing.assert_close(out.loss, F.cross_entropy(logits, target, label_smoothing=0.1))
     with pytest.raises(ConfigError, match=f"loss.impl: '{impl}' does not implement loss.name 'reference_only'"):
         create_loss(LossConfig(name="reference_only", impl=impl))
+
+
+def test_logit_offset_is_tau_log_prior_and_finite_for_empty_classes():
+    """Logit adjustment's offset: tau * log(n_c / N) against numpy, a class without images counted as one image
+    (finite), None for tau = 0."""
+    counts = np.array([0, 3, 10, 87, 0, 1])
+    offset = logit_offset(torch.as_tensor(counts), 1.5)
+    seen = np.maximum(counts, 1)
+    np.testing.assert_allclose(offset.numpy(), 1.5 * np.log(seen / seen.sum()), rtol=1e-6)
+    assert offset.dtype == torch.float32 and torch.isfinite(offset).all()
+    assert logit_offset(torch.as_tensor(counts), 0.0) is None
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_balanced_softmax_is_logit_adjustment_with_tau_1(smoothing):
+    """tau = 1: -log(n_y e^{z_y} / sum_k n_k e^{z_k}) (Ren et al.'s balanced softmax, written out), with torch's
+    label smoothing on z + log prior; the CE recorded for O2U is the plain logits' (torch's cross_entropy)."""
+    logits, target, _ = inputs()
+    counts = torch.arange(1, 14, dtype=torch.float64) ** 2
+    out = reference_loss(logits, target, smoothing=smoothing, logit_offset=logit_offset(counts, 1.0))
+    scaled = counts * logits.exp()
+    balanced = -(scaled.gather(1, target[:, None]).squeeze(1) / scaled.sum(1)).log()
+    adjusted = logits + (counts / counts.sum()).log()
+    torch.testing.assert_close(out.per_sample, F.cross_entropy(adjusted, target, label_smoothing=smoothing,
+                                                               reduction="none"), atol=1e-6, rtol=1e-6)
+    if not smoothing:
+        torch.testing.assert_close(out.per_sample, balanced, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out.ce, F.cross_entropy(logits, target, reduction="none"))
+
+
+def test_logit_adjusted_sce_uses_adjusted_probabilities():
+    """SCE under logit adjustment: both terms on z + o, the RCE with p'_y = softmax(z + o)_y, so the gradient is
+    the adjusted CE gradient (p' - onehot) scaled by (alpha + beta (-A) p'_y) per row (float64 closed form)."""
+    logits, target, weights = inputs()
+    offset = torch.linspace(-6.0, 0.0, 13, dtype=torch.float64)
+    logits.requires_grad_(True)
+    out = reference_loss(logits, target, weights=weights, alpha=0.7, beta=0.5, A=A_PAPER, logit_offset=offset)
+    out.loss.backward()
+    p = (logits.detach() + offset).softmax(-1)
+    p_y = p.gather(1, target[:, None]).squeeze(1)
+    expected = weights * (0.7 * -p_y.log() + 0.5 * -A_PAPER * (1 - p_y))
+    torch.testing.assert_close(out.per_sample, expected)
+    closed = (0.7 + 0.5 * -A_PAPER * p_y)[:, None] * (p - F.one_hot(target, 13)) * weights[:, None] / len(target)
+    torch.testing.assert_close(logits.grad, closed)
+
+
+@pytest.mark.parametrize("tau", [0.0, 1.0, 1.5])
+@pytest.mark.parametrize("name", ["ce", "sce"])
+@pytest.mark.parametrize("impl", ["reference", "fused", "fused_linear"])
+def test_create_loss_logit_adjusted_on_every_impl(impl, name, tau):
+    """`loss.logit_adjust_tau` with the training class sizes as `class_prior`, on every `loss.impl`: loss and
+    feature gradient of torch's label-smoothed cross entropy (+ the RCE of the adjusted p_y) on z + tau log
+    prior in float64, a class without images included; the recorded CE is the plain logits'. tau = 0 is the
+    unadjusted loss, bit for bit."""
+    g = torch.Generator().manual_seed(2)
+    x, head = torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randn(11, 5, generator=g, dtype=torch.float64)
+    target = torch.tensor([3, 0, -100, 10, 1, 2, 2, 9])
+    weights = torch.rand(8, generator=g, dtype=torch.float64) * 2
+    counts = torch.tensor([40, 25, 12, 9, 5, 4, 3, 2, 1, 1, 0])
+    cfg = dict(name=name, impl=impl, label_smoothing=0.1, sce_beta=0.5)
+
+    def run(**kw):
+        leaf = x.clone().requires_grad_()
+        fn = create_loss(LossConfig(**cfg, **kw), class_prior=counts)
+        out = fn(leaf, head, None, target, weights=weights) if impl == "fused_linear" else fn(leaf @ head.T, target,
+                                                                                               weights=weights)
+        out.loss.backward()
+        return out, leaf.grad
+
+    out, grad = run(logit_adjust_tau=tau)
+    z = (x @ head.T).requires_grad_()
+    prior = counts.double().clamp(min=1) / counts.clamp(min=1).sum()
+    adjusted = z + tau * prior.log()
+    valid = target != -100
+    y = target.clamp(min=0)
+    expected = F.cross_entropy(adjusted, target, label_smoothing=0.1, reduction="none")
+    if name == "sce":
+        expected = expected + 0.5 * -A_OFFICIAL * (1 - adjusted.softmax(-1)[torch.arange(8), y])
+    expected = torch.where(valid, expected * weights, 0.0)
+    (expected.sum() / valid.sum()).backward()
+    torch.testing.assert_close(out.per_sample, expected.detach())
+    torch.testing.assert_close(grad, z.grad @ head)
+    torch.testing.assert_close(out.ce, torch.where(valid, F.cross_entropy(z.detach(), y, reduction="none"), 0.0))
+    if tau == 0:
+        plain, plain_grad = run()
+        assert torch.equal(out.per_sample, plain.per_sample) and torch.equal(grad, plain_grad)
+
+
+def test_logit_adjustment_without_a_prior_is_a_config_error():
+    with pytest.raises(ConfigError, match="^loss.logit_adjust_tau: needs the training split's class sizes"):
+        create_loss(LossConfig(logit_adjust_tau=1.0))
+    with pytest.raises(ConfigError, match=r"^logit_adjust_tau: must be >= 0"):
+        LossConfig(logit_adjust_tau=-0.5)
