@@ -5,6 +5,7 @@ uint8-in, probabilities-out module, exported by a backend and loaded again for s
                     [--backend eager|onnxruntime|inductor|tensorrt] [--precision fp32|bf16|fp16|int8]
                     [--scales 1.0 1.14 1.33] [--crops center tl tr bl br] [--flip none|both|only]
                     [--calibration DATASET_OR_IMAGES ...]   (int8: onnxruntime, see calibration.py)
+                    [--logit-adjust TAU]
 
 The exported graph (fastprod/score/graph.py) takes a uint8 [N, 3, S, S] batch of TTA views (N dynamic)
 and returns float32 [N, C] class probabilities: normalisation, the network(s) and the softmax are inside
@@ -12,8 +13,12 @@ it, and with several checkpoints (a snapshot ensemble: `--snapshots RUN` takes R
 the members' probabilities are averaged inside the graph too, so decoding and view building are paid
 once per image whatever the number of members.
 
-ENGINE_DIR/engine.json records the backend, precision, model config, class ids, views and member
-checkpoints; with the backend's artifact next to it, scoring needs nothing else. Each backend (its
+`--logit-adjust TAU` adjusts for the long tail after training (Menon et al., ICLR 2021): each member's logits
+minus TAU * log(prior) inside the graph, the prior being the run's training split class frequencies (tau = 1:
+the balanced-error Bayes rule when the test classes are balanced, AliProducts' validation set is ~3 per class).
+
+ENGINE_DIR/engine.json records the backend, precision, model config, class ids, views, member checkpoints and
+the logit adjustment (tau and the training class counts); with the backend's artifact next to it, scoring needs nothing else. Each backend (its
 precisions, its export and its load, and the artifact it writes) is one module of fastprod/score/backends/,
 looked up here by name (the list: fastprod/score/backends/__init__.py).
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -35,11 +41,13 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fastprod.config import load_config
+from fastprod.data.manifest import Manifest
 from fastprod.score.backends import BACKENDS, PRECISIONS, backend_for
-from fastprod.score.graph import DTYPES, build_module
+from fastprod.score.graph import DTYPES, build_module, logit_adjustment
 from fastprod.score.tta import Views
 
 ENGINE_JSON = "engine.json"
@@ -76,13 +84,14 @@ def find_run_config(checkpoint: Path) -> Path:
     raise FileNotFoundError(f"no resolved.yaml next to or above {checkpoint} (is it a fastprod run's weights file?)")
 
 
-def _class_ids(manifest: str, run_config: Path) -> list[str]:
+def _manifest_dir(manifest: str, run_config: Path) -> Path:
+    """The run's prepared dataset (`data.manifest`, relative to where training ran: tried from the run's ancestors)."""
     candidates = [Path(manifest)]
-    if not Path(manifest).is_absolute():  # relative to where training ran: try the run's ancestors
+    if not Path(manifest).is_absolute():
         candidates += [p / manifest for p in run_config.parents]
     for directory in candidates:
         if (directory / "classes.json").is_file():
-            return list(json.loads((directory / "classes.json").read_text())["class_ids"])
+            return directory
     raise FileNotFoundError(f"{run_config}: data.manifest {manifest} has no classes.json (tried {candidates[:3]}...)")
 
 
@@ -123,14 +132,15 @@ def _move_into_place(new: Path, out: Path) -> None:
 
 def export_engine(checkpoints: list[Path], out: Path, *, backend: str = "eager", precision: str = "fp32",
                   views: Views | None = None, max_batch: int = 256, device: str = "cpu",
-                  calibration: torch.Tensor | None = None, overwrite: bool = False) -> Path:
+                  calibration: torch.Tensor | None = None, overwrite: bool = False, logit_adjust: float = 0.0) -> Path:
     """Write ENGINE_DIR for `checkpoints` (all of one run's architecture and classes); int8 needs
     `calibration`, uint8 views of real images (`calibration.calibration_views`).
 
     The guarantee of the module docstring: every input is checked and the members are loaded before
     anything is written; the engine is built in a temporary sibling of `out` and renamed into place only
     when complete (the temporary is removed if the build fails); an existing `out` must be an engine
-    directory and is replaced only with `overwrite`."""
+    directory and is replaced only with `overwrite`. `logit_adjust` tau > 0: post-hoc logit adjustment, the
+    prior being the run's training split (its class counts are stored in engine.json)."""
     exporter = backend_for(backend, precision, device)
     if precision == "int8" and calibration is None:
         raise ValueError("--precision int8 needs calibration images (--calibration DATASET_OR_IMAGES)")
@@ -138,7 +148,10 @@ def export_engine(checkpoints: list[Path], out: Path, *, backend: str = "eager",
     check_checkpoints(checkpoints)
     run_config = find_run_config(checkpoints[0])
     cfg = load_config(run_config)
-    class_ids = _class_ids(cfg.data.manifest, run_config)
+    manifest = _manifest_dir(cfg.data.manifest, run_config)
+    class_ids = list(json.loads((manifest / "classes.json").read_text())["class_ids"])
+    if not (logit_adjust >= 0 and math.isfinite(logit_adjust)):
+        raise ValueError(f"--logit-adjust: must be a finite tau >= 0 (got {logit_adjust})")
     views = views or Views(cfg.data.image_size, (cfg.data.eval_resize,))
     target = Path(os.path.abspath(out))  # `.` and `..` get a name: the temporary sibling needs one
     _check_out(target, overwrite)
@@ -148,7 +161,12 @@ def export_engine(checkpoints: list[Path], out: Path, *, backend: str = "eager",
         "run_config": str(run_config.resolve()), "max_batch": max_batch, "input": "uint8 [N, 3, S, S] RGB 0-255",
         "output": "float32 [N, C] probabilities (mean over members)",
     }
-    module = build_module(cfg.model, len(class_ids), checkpoints, DTYPES.get(precision, torch.float32))
+    if logit_adjust:
+        labels = Manifest.load(manifest).split(cfg.data.train_split).labels
+        meta["logit_adjust"] = {"tau": logit_adjust, "prior": f"{manifest} {cfg.data.train_split}",
+                                "train_class_counts": np.bincount(labels, minlength=len(class_ids)).tolist()}
+    module = build_module(cfg.model, len(class_ids), checkpoints, DTYPES.get(precision, torch.float32),
+                          logit_offset=logit_adjustment(meta))
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -218,7 +236,7 @@ def run(args) -> int:
         calibration = calibration_views(args.calibration, args.calibration_split, args.calibration_images, views)
     out = export_engine(checkpoints, Path(args.out), backend=args.backend, precision=args.precision, views=views,
                         max_batch=args.max_batch, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                        calibration=calibration, overwrite=args.overwrite)
+                        calibration=calibration, overwrite=args.overwrite, logit_adjust=args.logit_adjust)
     print(f"engine: {out} ({args.backend}, {args.precision}, {len(checkpoints)} member(s), {len(views)} views)")
     return 0
 
@@ -243,4 +261,6 @@ def register(subparsers) -> None:
     p.add_argument("--flip", choices=("none", "both", "only"), default="none", help="horizontal mirror views")
     p.add_argument("--max-batch", type=int, default=256, help="largest batch of views the engine accepts")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--logit-adjust", type=float, default=0.0, metavar="TAU",
+                   help="post-hoc logit adjustment: logits - TAU log(training class prior) (Menon et al. 2021)")
     p.set_defaults(func=run)

@@ -10,7 +10,7 @@ import torch
 
 from fastprod.config import ModelConfig
 from fastprod.score.backends.base import Backend, Run, on_device
-from fastprod.score.graph import DTYPES, ScoringModule, build_module
+from fastprod.score.graph import DTYPES, ScoringModule, build_module, logit_adjustment
 from fastprod.score.tta import Views
 
 
@@ -24,7 +24,8 @@ def export(module: ScoringModule, views: Views, out_dir: Path, *, checkpoints: l
 def load(engine_dir: Path, meta: dict, device: torch.device) -> Run:
     model_cfg = ModelConfig(**meta["model"])
     module = build_module(model_cfg, len(meta["class_ids"]), [engine_dir / a for a in meta["artifact"]],
-                          DTYPES[meta["precision"]], key=f"engine {engine_dir}").to(device)
+                          DTYPES[meta["precision"]], key=f"engine {engine_dir}",
+                          logit_offset=logit_adjustment(meta)).to(device)
     if device.type == "cpu" or model_cfg.channels_last:
         module = module.to(memory_format=torch.channels_last)
     return on_device(module, device)
