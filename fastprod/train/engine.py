@@ -146,7 +146,8 @@ class Trainer:
                 f"data.batch_size: {cfg.data.batch_size} x {dist.world} ranks exceeds the "
                 f"{len(self.manifest.split(cfg.data.train_split))} training images"
             )
-        self.loss_fn = create_loss(cfg.loss, inplace_backward=True)  # nothing reads the logits after the loss
+        self.loss_fn = create_loss(cfg.loss, inplace_backward=True,  # nothing reads the logits after the loss
+                                   class_prior=torch.as_tensor(self.train_class_sizes, device=dist.device))
         self.fused_head = cfg.loss.impl == "fused_linear"
         if self.fused_head:
             if cfg.run.zero_stage == 3:
