@@ -1,13 +1,20 @@
 """The ablation ladder (the seed's error table): each step adds one technique to the last, all with
-the same budget, on one synthetic dataset with injected label noise and a long tail.
+the same budget, on one dataset with label noise and a long tail: synthesised (the default), or a user's own
+prepared dataset.
 
     fastprod ladder --out runs/ladder [--seeds 2] [--config configs/ladder.yaml] [--set key=value ...]
+    fastprod ladder --manifest DIR [--noise-truth FILE] --out runs/my-ladder ...
 
 Steps: baseline (rotation + random-sized crop, SGD momentum, SGDR) -> + cutout, perspective, flip
 -> + weight decay 3e-4 -> + dropout 0.5 -> + SCE -> + O2U weights -> + 2-fold cleaning and a
-finetune of the previous step's model on the balanced subset. Writes `ladder.md` and `ladder.json`
-(validation top-1 error per step: the mean over `--seeds` training seeds, and each seed's) under
-`--out`. One seed's differences are mostly noise at this size (seeds of one step differ by several
+finetune of the previous step's model on the balanced subset; then the long-tail options, each added to
+the O2U step's settings and trained from scratch (`TAIL_STEPS`: class-aware sampling, then the logit-adjusted
+loss). Writes
+`ladder.md` and `ladder.json` (validation top-1 error per step: the mean over `--seeds` training seeds,
+and each seed's; the many / medium / few-shot split of `fastprod.train.evaluate.SHOT_GROUPS`) under
+`--out`. The noise-detection figures (O2U's AUROC, what cleaning removed) need the true labels: the
+synthetic dataset's `noise.json`, or `--noise-truth FILE` with {image_id: true class_id} for the training
+images (those it leaves out count as correctly labelled). One seed's differences are mostly noise at this size (seeds of one step differ by several
 points), hence the mean. Every run is an ordinary, resumable run directory
 (`step-N/seed-S`), so an interrupted ladder continues where it stopped.
 """
@@ -21,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastprod.config import Config, load_config
+from fastprod.config import Config, ConfigError, load_config
 from fastprod.data.manifest import Manifest
+from fastprod.files import write_json
 from fastprod.models import create_model
 from fastprod.recipe.clean import clean, predict
 from fastprod.recipe.o2u import noise_detection
 from fastprod.train.distributed import Dist, barrier
+from fastprod.train.evaluate import SHOT_GROUPS, shot_group_errors
 
 BASELINE = ["data.augment.cutout_p=0", "data.augment.perspective_p=0", "data.augment.hflip_p=0",
             "optim.weight_decay=0", "model.drop_rate=0", "loss.name=ce", "o2u.enabled=false"]
@@ -38,6 +47,12 @@ STEPS = [
     ("+ dropout 0.5 after pooling", ["model.drop_rate=0.5"]),
     ("+ symmetric cross entropy", ["loss.name=sce"]),
     ("+ O2U sample weights", ["o2u.enabled=true"]),
+]
+CLEANING = ("+ 2-fold cleaning, finetune on the balanced subset", [])  # trains from the O2U step's models
+# beyond the seed: the long tail, where the ladder shows the error left (each on top of the O2U step)
+TAIL_STEPS = [
+    ("+ class-aware sampling (sqrt of class frequency)", ["data.sampler=sqrt"]),
+    ("+ logit-adjusted loss (tau 1: balanced softmax)", ["loss.logit_adjust_tau=1"]),
 ]
 
 
@@ -55,12 +70,38 @@ def ladder_data(out: Path, args: argparse.Namespace) -> Path:
     return prepared
 
 
-def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manifest: Path, noise_file: Path,
+def truth_to_noise(truth_file: Path, manifest: Path, out: Path) -> Path:
+    """`--noise-truth` ({image_id: true class_id} for training images) as the noise file `clean --noise` reads
+    ({image_id: {"given", "true"}} for the mislabelled ones only), written to `out`."""
+    data = Manifest.load(manifest)
+    train = data.split("train")
+    given = {i: data.class_ids[label] for i, label in zip(train.image_ids, train.labels)}
+    try:
+        truth = json.loads(Path(truth_file).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"--noise-truth {truth_file}: cannot read it as JSON ({err})") from None
+    expected = "a JSON object {image_id: true class_id} over the training images"
+    if not isinstance(truth, dict):
+        raise ConfigError(f"--noise-truth {truth_file}: a JSON {type(truth).__name__}, expected {expected}")
+    known = set(data.class_ids)
+    for image_id, true in truth.items():
+        if image_id not in given or true not in known:
+            what = "is not a training image" if image_id not in given else f"has an unknown class {json.dumps(true)}"
+            raise ConfigError(f"--noise-truth {truth_file}: {json.dumps(image_id)} {what} of {manifest}; "
+                              f"expected {expected}")
+    noise = {i: {"given": given[i], "true": t} for i, t in truth.items() if given[i] != t}
+    write_json(out / "noise.json", noise)
+    return out / "noise.json"
+
+
+def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manifest: Path, noise_file: Path | None,
                k: int, finetune_epochs: int, seeds: int) -> list[dict]:
     from fastprod.recipe.train import create_trainer
 
+    chain = [*STEPS, CLEANING, *TAIL_STEPS]
+
     def cfg_for(step: int, seed: int, extra: list[str]) -> Config:
-        cumulative = [o for _, step_overrides in STEPS[: step + 1] for o in step_overrides]
+        cumulative = [o for _, step_overrides in chain[: step + 1] for o in step_overrides]
         return load_config(config, [*BASELINE, *cumulative, *overrides, f"data.manifest={manifest}",
                                     f"run.seed={seed}", f"run.dir={out / f'step-{step}' / f'seed-{seed}'}", *extra])
 
@@ -71,7 +112,7 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
 
     rows = [row(name, step, [cfg_for(step, seed, []) for seed in range(seeds)]) for step, (name, _) in enumerate(STEPS)]
     last = len(STEPS) - 1
-    noisy = set(json.loads(noise_file.read_text())) if noise_file.exists() else set()
+    noisy = set(json.loads(noise_file.read_text())) if noise_file else set()
     if noisy:  # how well the O2U score finds the injected noise, per cycle (seed 0)
         cycles = sorted((out / f"step-{last}" / "seed-0" / "o2u").glob("cycle-*.csv"), key=lambda p: int(p.stem[6:]))
         rows[last]["o2u_noise_detection"] = [noise_detection(csv, noisy) for csv in cycles]
@@ -81,19 +122,21 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
         f"data.manifest={report['balanced_manifest']}", f"model.init_from={out / f'step-{last}' / f'seed-{seed}' / 'final' / 'model.pt'}",
         f"optim.lr={lr}", f"schedule.epochs={finetune_epochs}", "o2u.enabled=false",
         f"data.batch_size={max(1, min(16, report['balanced']))}"]) for seed in range(seeds)]
-    rows.append(row(f"+ 2-fold cleaning, finetune on the balanced subset (top-{k} per class)", last + 1, finetunes,
-                    cleaning=report))
+    rows.append(row(f"{CLEANING[0]} (top-{k} per class)", last + 1, finetunes, cleaning=report))
+    rows += [row(name, step, [cfg_for(step, seed, []) for seed in range(seeds)])
+             for step, (name, _) in enumerate(TAIL_STEPS, start=last + 2)]
     for step, r in enumerate(rows):  # why a step helps or not: what the final models fit and where they err
         per_seed = [diagnose(out / f"step-{step}" / f"seed-{seed}", manifest, noisy, dist) for seed in range(seeds)]
-        r["diagnosis"] = {key: float(np.mean([d[key] for d in per_seed])) for key in per_seed[0]}
+        r["diagnosis"] = {key: float(np.mean([d[key] for d in per_seed])) if per_seed[0][key] is not None else None
+                          for key in per_seed[0]}
     return rows
 
 
 def diagnose(run: Path, manifest: Path, noisy: set[str], dist: Dist) -> dict:
     """The final model of `run` on the full training split and the validation split: the fraction of
-    mislabelled training images it predicts as their wrong label (memorised noise), its error on the
-    correctly labelled ones, and validation error on the head and tail classes (training-set size
-    above / at most the median)."""
+    mislabelled training images it predicts as their wrong label (memorised noise; None without the true
+    labels), its error on the correctly labelled ones, and validation error per shot group of the full
+    training split (`val_error_many` ...; a finetune's own subset is balanced)."""
     cfg = load_config(run / "resolved.yaml", [f"data.manifest={manifest}", f"model.init_from={run / 'final' / 'model.pt'}"])
     data = Manifest.load(manifest)
     model = create_model(cfg.model, data.num_classes).to(dist.device)
@@ -104,24 +147,28 @@ def diagnose(run: Path, manifest: Path, noisy: set[str], dist: Dist) -> dict:
     val_pred, _ = predict(model, val, cfg, dist)
     is_noisy = np.array([i in noisy for i in train.image_ids])
     sizes = np.bincount(train.labels, minlength=data.num_classes)
-    tail = sizes[val.labels] <= np.median(sizes)
     wrong, val_wrong = train_pred != train.labels, val_pred != val.labels
-    return {"noisy_fitted": float(np.mean(~wrong[is_noisy])) if is_noisy.any() else float("nan"),
+    groups = shot_group_errors(val_wrong, np.ones(len(val_wrong), dtype=bool), val.labels, sizes)
+    return {"noisy_fitted": float(np.mean(~wrong[is_noisy])) if is_noisy.any() else None,
             "clean_train_error": float(np.mean(wrong[~is_noisy])),
-            "val_error_head": float(np.mean(val_wrong[~tail])), "val_error_tail": float(np.mean(val_wrong[tail]))}
+            **{f"val_error_{name}": groups[f"top1_error_{name}"] for name in SHOT_GROUPS}}
 
 
 def write_table(rows: list[dict], out: Path, setup: str) -> str:
     seeds = len(rows[0]["seed_errors"])
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    groups = " / ".join(f"{name} ({low}{'+' if high is None else f'-{high}'})" for name, (low, high) in SHOT_GROUPS.items())
     lines = [f"Ablation ladder — {setup}", "",
-             f"| step | val top-1 error (mean of {seeds} seeds) | per seed | head / tail classes | "
+             f"| step | val top-1 error (mean of {seeds} seeds) | per seed | {groups} training images per class | "
              "noisy train labels fitted | clean train error |", "|---|---|---|---|---|---|"]
     for r in rows:
         d = r["diagnosis"]
         lines.append(f"| {r['step']} | {100 * r['val_top1_error']:.2f}% | "
                      f"{' / '.join(f'{100 * e:.1f}' for e in r['seed_errors'])} | "
-                     f"{100 * d['val_error_head']:.1f}% / {100 * d['val_error_tail']:.1f}% | "
-                     f"{100 * d['noisy_fitted']:.1f}% | {100 * d['clean_train_error']:.1f}% |")
+                     f"{' / '.join(percent(d[f'val_error_{name}']) for name in SHOT_GROUPS)} | "
+                     f"{percent(d['noisy_fitted'])} | {percent(d['clean_train_error'])} |")
     detection = next((r["o2u_noise_detection"] for r in rows if r.get("o2u_noise_detection")), None)
     if detection:
         lines += ["", "O2U score vs the injected noise (seed 0), AUROC per SGDR cycle: "
@@ -143,12 +190,23 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
 
     def job(cfg: Config, dist: Dist) -> dict:
-        manifest = ladder_data(out, args) if dist.is_main else out / "data" / "prepared"
+        if args.manifest:
+            manifest = Path(args.manifest)
+            data = Manifest.load(manifest)
+            noise = None
+            if args.noise_truth:
+                out.mkdir(parents=True, exist_ok=True)
+                noise = truth_to_noise(Path(args.noise_truth), manifest, out) if dist.is_main else out / "noise.json"
+            dataset = f"{manifest}: {data.num_classes} classes / {len(data.split('train'))} training images"
+        else:
+            manifest = ladder_data(out, args) if dist.is_main else out / "data" / "prepared"
+            noise = out / "data" / "raw" / "noise.json"
+            dataset = (f"synthetic {args.classes} classes / {args.train_images} training images / {args.noise:.0%} "
+                       f"label noise")
         barrier()
-        rows = run_ladder(Path(args.config), args.overrides, out, dist, manifest, out / "data" / "raw" / "noise.json",
-                          args.k, args.finetune_epochs, args.seeds)
-        setup = (f"{cfg.model.name} at {cfg.data.image_size}px, {cfg.schedule.epochs} epochs per step and seed, synthetic "
-                 f"{args.classes} classes / {args.train_images} training images / {args.noise:.0%} label noise")
+        rows = run_ladder(Path(args.config), args.overrides, out, dist, manifest, noise, args.k, args.finetune_epochs,
+                          args.seeds)
+        setup = f"{cfg.model.name} at {cfg.data.image_size}px, {cfg.schedule.epochs} epochs per step and seed, {dataset}"
         if dist.is_main:
             print(write_table(rows, out, setup))
         return {"ladder": str(out / "ladder.md")}
@@ -159,9 +217,12 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     from fastprod.train.cli import add_arguments
 
-    parser = subparsers.add_parser("ladder", help="the seed's ablation ladder on a synthetic noisy dataset")
+    parser = subparsers.add_parser("ladder", help="the seed's ablation ladder on a synthetic or a prepared dataset")
     add_arguments(parser, default_config="configs/ladder.yaml")
     parser.add_argument("--out", default="runs/ladder")
+    parser.add_argument("--manifest", default=None, help="a prepared dataset (fastprod prepare) instead of synthetic")
+    parser.add_argument("--noise-truth", default=None, metavar="FILE",
+                        help="with --manifest: {image_id: true class_id} of the training images (noise figures)")
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--train-images", type=int, default=1200)
     parser.add_argument("--val-per-class", type=int, default=25)

@@ -45,12 +45,21 @@ class Evaluation:
                "loss": float(self.ce[self.loaded].sum()) / max(count, 1), "images": count,
                "load_failures": self.failures}
         if train_class_sizes is not None:
-            for name, (low, high) in SHOT_GROUPS.items():
-                in_group = (train_class_sizes >= low) & (train_class_sizes <= (high if high is not None else np.inf))
-                rows = self.loaded & in_group[labels]
-                out[f"top1_error_{name}"] = int(wrong[rows].sum()) / int(rows.sum()) if rows.any() else None
-                out[f"classes_{name}"] = int(in_group.sum())
+            out.update(shot_group_errors(wrong, self.loaded, labels, train_class_sizes))
         return out
+
+
+def shot_group_errors(wrong: np.ndarray, counted: np.ndarray, labels: np.ndarray,
+                      train_class_sizes: np.ndarray) -> dict:
+    """Per shot group: the error over the `counted` samples of its classes (`top1_error_few` ...; None for a group
+    without any) and how many classes it holds (`classes_few` ...)."""
+    out: dict = {}
+    for name, (low, high) in SHOT_GROUPS.items():
+        in_group = (train_class_sizes >= low) & (train_class_sizes <= (high if high is not None else np.inf))
+        rows = counted & in_group[labels]
+        out[f"top1_error_{name}"] = int(wrong[rows].sum()) / int(rows.sum()) if rows.any() else None
+        out[f"classes_{name}"] = int(in_group.sum())
+    return out
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
-"""`fastprod ladder` end to end at the smallest size: every step of the seed's ladder runs with its
-cumulative settings for each seed, the table's means are the seeds' mean, and a re-run resumes."""
+"""`fastprod ladder` end to end at the smallest size: every step of the seed's ladder and the long-tail steps
+run with their cumulative settings for each seed, the table's means are the seeds' mean, a re-run resumes, and
+the same ladder runs on a prepared dataset with a truth file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 from fastprod.cli import main
 from fastprod.config import load_config
-from fastprod.recipe.ladder import STEPS
+from fastprod.data.manifest import Manifest
+from fastprod.recipe.ladder import STEPS, TAIL_STEPS
 
 pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
 
@@ -37,7 +39,9 @@ def test_every_step_and_seed_ran_with_cumulative_settings(ladder):
     out, _ = ladder
     report = json.loads((out / "ladder.json").read_text())
     rows = report["steps"]
-    assert [r["step"] for r in rows[:-1]] == [name for name, _ in STEPS] and "cleaning" in rows[-1]["step"]
+    cleaning = len(STEPS)
+    assert [r["step"] for r in rows[:cleaning]] == [name for name, _ in STEPS] and "cleaning" in rows[cleaning]["step"]
+    assert [r["step"] for r in rows[cleaning + 1:]] == [name for name, _ in TAIL_STEPS]
     for step, r in enumerate(rows):
         assert len(r["seed_errors"]) == 2 and r["val_top1_error"] == pytest.approx(np.mean(r["seed_errors"]))
         for seed in range(2):
@@ -47,14 +51,17 @@ def test_every_step_and_seed_ran_with_cumulative_settings(ladder):
             assert (cfg.optim.weight_decay > 0) == (step >= 2)
             assert (cfg.model.drop_rate > 0) == (step >= 3)
             assert (cfg.loss.name == "sce") == (step >= 4)
-            assert cfg.o2u.enabled == (step == 5)
+            assert cfg.o2u.enabled == (step == 5 or step > cleaning)
+            assert (cfg.data.sampler == "sqrt") == (step > cleaning)
+            assert (cfg.loss.logit_adjust_tau == 1) == (step > cleaning + 1)
     finetune = load_config(out / f"step-{len(STEPS)}" / "seed-1" / "resolved.yaml")
     assert finetune.model.init_from == str(out / f"step-{len(STEPS) - 1}" / "seed-1" / "final" / "model.pt")
     assert finetune.data.manifest == str(out / "clean" / "balanced-k2")
     table = (out / "ladder.md").read_text()
     assert table.count("\n| ") == len(rows) + 1 and "mean of 2 seeds" in table
-    for r in rows:  # diagnosis: fractions, against the noise file and the predictions
-        assert all(0 <= v <= 1 for v in r["diagnosis"].values()), r["diagnosis"]
+    for r in rows:  # diagnosis: fractions, against the noise file and the predictions (None: an empty shot group)
+        assert all(v is None or 0 <= v <= 1 for v in r["diagnosis"].values()), r["diagnosis"]
+        assert r["diagnosis"]["noisy_fitted"] is not None and r["diagnosis"]["val_error_few"] is not None
     detection = rows[len(STEPS) - 1]["o2u_noise_detection"]  # one SGDR cycle in one epoch
     assert len(detection) == 1 and detection[0]["samples"] == 48 and "AUROC per SGDR cycle" in table
 
@@ -66,3 +73,27 @@ def test_a_rerun_resumes_without_training(ladder, capsys):
     assert main(args) == 0
     assert "run already complete" in capsys.readouterr().out
     assert (out / "ladder.json").read_text() == before
+
+
+def test_the_ladder_runs_on_a_prepared_dataset_with_a_truth_file(ladder, tmp_path, capsys):
+    """--manifest and --noise-truth ({image_id: true class_id}): the noise figures come from the truth file."""
+    out, _ = ladder
+    prepared = out / "data" / "prepared"
+    noise = json.loads((out / "data" / "raw" / "noise.json").read_text())
+    data = Manifest.load(prepared)
+    train = data.split("train")
+    truth = {i: noise[i]["true"] if i in noise else data.class_ids[label] for i, label in zip(train.image_ids, train.labels)}
+    (tmp_path / "truth.json").write_text(json.dumps(truth))
+    args = ["ladder", "--config", str(out.parent / "tiny.yaml"), "--out", str(tmp_path / "mine"), "--manifest",
+            str(prepared), "--k", "2", "--finetune-epochs", "1", "--seeds", "1", "--set", "schedule.max_steps=2",
+            "--noise-truth"]
+    assert main([*args, str(tmp_path / "truth.json")]) == 0
+    assert json.loads((tmp_path / "mine" / "noise.json").read_text()) == noise
+    report = json.loads((tmp_path / "mine" / "ladder.json").read_text())
+    assert str(prepared) in report["setup"] and len(report["steps"]) == len(STEPS) + 1 + len(TAIL_STEPS)
+    assert report["steps"][len(STEPS)]["cleaning"]["noisy"] == len(noise)
+    assert report["steps"][len(STEPS) - 1]["o2u_noise_detection"][0]["noisy"] == len(noise)
+    (tmp_path / "bad.json").write_text(json.dumps({"not-an-image": data.class_ids[0]}))
+    capsys.readouterr()
+    assert main([*args, str(tmp_path / "bad.json")]) == 2
+    assert '"not-an-image" is not a training image' in capsys.readouterr().err
