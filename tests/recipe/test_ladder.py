@@ -85,8 +85,7 @@ def test_the_ladder_runs_on_a_prepared_dataset_with_a_truth_file(ladder, tmp_pat
     truth = {i: noise[i]["true"] if i in noise else data.class_ids[label] for i, label in zip(train.image_ids, train.labels)}
     (tmp_path / "truth.json").write_text(json.dumps(truth))
     args = ["ladder", "--config", str(out.parent / "tiny.yaml"), "--out", str(tmp_path / "mine"), "--manifest",
-            str(prepared), "--k", "2", "--finetune-epochs", "1", "--seeds", "1", "--set", "schedule.max_steps=2",
-            "--noise-truth"]
+            str(prepared), "--k", "2", "--finetune-epochs", "1", "--seeds", "1", "--noise-truth"]
     assert main([*args, str(tmp_path / "truth.json")]) == 0
     assert json.loads((tmp_path / "mine" / "noise.json").read_text()) == noise
     report = json.loads((tmp_path / "mine" / "ladder.json").read_text())
