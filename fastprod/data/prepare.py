@@ -36,6 +36,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +47,9 @@ from fastprod.data.images import MAX_ASPECT, MAX_PIXELS, ImageError, probe
 from fastprod.data.manifest import CLASS_SIZES_PLOT, DatasetError, Manifest, write_quarantine
 from fastprod.data.pool import worker_pool
 from fastprod.files import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PROBE_CACHE = "probe_cache.parquet"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -68,6 +72,7 @@ class Entry:
 # (width, height, format, mode, reason); reason is "" for a readable image.
 ProbeResult = tuple[int, int, str, str, str]
 
+FEW_CLASSES = 50  # up to this many classes, class_sizes.png marks each class on a linear rank axis
 OUTSIDE_ROOT = "symlink to a target outside the dataset root (--follow-symlinks accepts it)"
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")  # NUL and lone surrogates: not storable as UTF-8 text
 _ESCAPED = re.compile(r"[\\\x00\ud800-\udfff]")  # what escape_name rewrites: those and the backslash
@@ -313,20 +318,35 @@ def hold_out(entries: list[Entry], fraction: float, seed: int) -> list[Entry]:
     return [Entry(e.path, e.image_id, e.class_id, "val") if i in moved else e for i, e in enumerate(entries)]
 
 
-def plot_class_sizes(sizes: np.ndarray, file: Path, title: str) -> None:
-    """Sorted training-class sizes on a log axis, and their histogram (headless Agg rendering)."""
+def plot_class_sizes(sizes: np.ndarray, file: Path, title: str) -> Figure:
+    """The training-class sizes as a rank-size line (sorted, log axes: one line, readable at 50,030 classes;
+    up to `FEW_CLASSES` classes a linear rank axis with a marker per class) and their histogram in log bins;
+    classes without training images cannot sit on a log axis and are counted in the title instead. Headless
+    Agg rendering; returns the figure."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+    from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     ranked, hist = fig.subplots(1, 2)
-    ranked.plot(np.arange(1, len(sizes) + 1), np.sort(sizes)[::-1], lw=1.5)
-    ranked.set(yscale="log", xlabel="class rank", ylabel="training images", title="class sizes, sorted")
-    positive = sizes[sizes > 0]
-    bins = np.geomspace(1, max(2, positive.max() if positive.size else 2) + 1, 30)
+    positive = np.sort(sizes[sizes > 0])[::-1]
+    few = len(positive) <= FEW_CLASSES
+    ranked.plot(np.arange(1, len(positive) + 1), positive, lw=1.5, marker="o" if few else None, ms=4)
+    ranked.set(xscale="linear" if few else "log", yscale="log", xlabel="class rank", ylabel="training images",
+               title="class sizes, sorted")
+    bins = np.geomspace(1, max(2, positive[0] if positive.size else 2) + 1, 30)
     hist.hist(positive, bins=bins)
-    hist.set(xscale="log", xlabel="training images per class", ylabel="classes", title="histogram")
-    fig.suptitle(title)
+    hist.set(xscale="log", yscale="linear" if few else "log", xlabel="training images per class", ylabel="classes",
+             title="histogram")
+    if few:  # whole ranks and counts; sizes as plain numbers, the minor ticks labelled over a short range only
+        for axis in (ranked.xaxis, hist.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))
+        for axis in (ranked.yaxis, hist.xaxis):
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+    empty = int((sizes == 0).sum())
+    fig.suptitle(title + (f" ({empty} without training images, not shown)" if empty else ""))
     fig.savefig(file, dpi=100)
+    return fig
 
 
 def prepare(root: str | Path, out: str | Path, *, workers: int | None = None, val_fraction: float = 0.0, seed: int = 0,
