@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from fastprod.data.images import MAX_ASPECT, MAX_PIXELS, ImageError, probe
+from fastprod.data.images import MAX_ASPECT, MAX_PIXELS, ProbeResult, failed, probe_result
 from fastprod.data.manifest import CLASS_SIZES_PLOT, DatasetError, Manifest, write_quarantine
 from fastprod.data.pool import worker_pool
 from fastprod.files import atomic_write
@@ -67,10 +67,6 @@ class Entry:
     image_id: str
     class_id: str
     split: str
-
-
-# (width, height, format, mode, reason); reason is "" for a readable image.
-ProbeResult = tuple[int, int, str, str, str]
 
 FEW_CLASSES = 50  # up to this many classes, class_sizes.png marks each class on a linear rank axis
 OUTSIDE_ROOT = "symlink to a target outside the dataset root (--follow-symlinks accepts it)"
@@ -103,10 +99,6 @@ def escape_name(name: str) -> str:
     becomes \\, NUL \x00, a byte NN of a file name that is not UTF-8 (Python's surrogateescape U+DCNN)
     \xNN, any other lone surrogate \uNNNN."""
     return _ESCAPED.sub(_escape_char, name) if _UNSTORABLE.search(name) else name
-
-
-def _failed(reason: str) -> ProbeResult:
-    return 0, 0, "", "", reason
 
 
 def _read_split_json(file: Path, split: str, labelled: bool) -> list[Entry]:
@@ -199,16 +191,6 @@ def discover(root: Path) -> tuple[list[Entry], str, int]:
     return entries, "class-folders", ignored
 
 
-def _probe_one(path: str, max_aspect: float, max_pixels: int) -> ProbeResult:
-    try:
-        info = probe(path, max_aspect=max_aspect, max_pixels=max_pixels)
-    except ImageError as err:
-        return _failed(str(err))
-    except Exception as err:  # a decoder bug must quarantine one file, not stop a multi-million-file scan
-        return _failed(f"unexpected error: {type(err).__name__}: {err}")
-    return info.width, info.height, info.format, info.mode, ""
-
-
 def _cache_limits(max_aspect: float, max_pixels: int) -> dict[bytes, bytes]:
     """The parquet metadata that ties cached probe results to the limits they were checked against."""
     return {b"max_aspect": repr(float(max_aspect)).encode(), b"max_pixels": str(int(max_pixels)).encode()}
@@ -264,7 +246,7 @@ def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int, 
     rewritten for the current files."""
     limits = _cache_limits(max_aspect, max_pixels)
     cache = _load_cache(cache_file, limits)
-    probe_one = functools.partial(_probe_one, max_aspect=max_aspect, max_pixels=max_pixels)
+    probe_one = functools.partial(probe_result, max_aspect=max_aspect, max_pixels=max_pixels)
     results: list[ProbeResult | None] = [None] * len(entries)
     stats: dict[int, tuple[str, int, int]] = {}
     real_dirs: dict[str, str] = {}
@@ -272,7 +254,7 @@ def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int, 
     for i, e in enumerate(entries):
         st, reason = _stat_entry(str(root), e.path, real_dirs, follow_symlinks)
         if st is None:
-            results[i] = _failed(reason)
+            results[i] = failed(reason)
             missing += reason in ("missing file", "broken symlink")
             continue
         path = os.path.join(root, e.path)
@@ -326,7 +308,8 @@ def plot_class_sizes(sizes: np.ndarray, file: Path, title: str) -> Figure:
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
     from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.84, wspace=0.22)  # fixed: a layout engine costs ~0.3 s
     ranked, hist = fig.subplots(1, 2)
     positive = np.sort(sizes[sizes > 0])[::-1]
     few = len(positive) <= FEW_CLASSES
