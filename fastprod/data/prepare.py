@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import errno
 import functools
 import json
 import math
 import os
 import re
+import stat
 import sys
 import warnings
 import zlib
@@ -226,14 +228,15 @@ def _stat_entry(root: str, rel: str, real_dirs: dict[str, str], follow_symlinks:
         if parent not in real_dirs:
             real_dirs[parent] = os.path.realpath(parent, strict=True)
         real = os.path.join(real_dirs[parent], name)
-        if os.path.islink(real):
+        st = os.lstat(real)  # one system call for a plain file
+        if stat.S_ISLNK(st.st_mode):
             real = os.path.realpath(real, strict=True)
-        st = os.stat(real)
+            st = os.stat(real)
     except FileNotFoundError:
         return None, "broken symlink" if os.path.islink(path) else "missing file"
     except OSError as err:
         return None, "symlink loop" if err.errno == errno.ELOOP else f"cannot stat: {err.strerror}"
-    if not follow_symlinks and os.path.commonpath([real, root]) != root:
+    if not follow_symlinks and not real.startswith(os.path.join(root, "")):
         return None, OUTSIDE_ROOT
     return st, ""
 
@@ -251,31 +254,31 @@ def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int, 
     stats: dict[int, tuple[str, int, int]] = {}
     real_dirs: dict[str, str] = {}
     missing = 0
-    for i, e in enumerate(entries):
-        st, reason = _stat_entry(str(root), e.path, real_dirs, follow_symlinks)
-        if st is None:
-            results[i] = failed(reason)
-            missing += reason in ("missing file", "broken symlink")
-            continue
-        path = os.path.join(root, e.path)
-        stats[i] = (path, st.st_size, st.st_mtime_ns)
-        hit = cache.get(path)
-        if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
-            results[i] = hit[2]
-    todo = [i for i in stats if results[i] is None]
-    paths = [stats[i][0] for i in todo]
-    with tqdm(total=len(paths), desc="probe", unit="img", disable=not paths) as bar:
-        if workers <= 1 or len(paths) < 2:
-            probed = (probe_one(p) for p in paths)
+    with contextlib.ExitStack() as stack:
+        # nothing cached: every file will be probed, so the workers start up while the files are stat'ed
+        pool = stack.enter_context(worker_pool(workers)) if workers > 1 and len(entries) > 1 and not cache else None
+        for i, e in enumerate(entries):
+            st, reason = _stat_entry(str(root), e.path, real_dirs, follow_symlinks)
+            if st is None:
+                results[i] = failed(reason)
+                missing += reason in ("missing file", "broken symlink")
+                continue
+            path = os.path.join(root, e.path)
+            stats[i] = (path, st.st_size, st.st_mtime_ns)
+            hit = cache.get(path)
+            if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
+                results[i] = hit[2]
+        todo = [i for i in stats if results[i] is None]
+        paths = [stats[i][0] for i in todo]
+        with tqdm(total=len(paths), desc="probe", unit="img", disable=not paths) as bar:
+            if workers <= 1 or len(paths) < 2:
+                probed = map(probe_one, paths)
+            else:
+                pool = pool or stack.enter_context(worker_pool(workers))
+                probed = pool.imap(probe_one, paths, chunksize=max(1, min(256, len(paths) // (workers * 16))))
             for i, result in zip(todo, probed):
                 results[i] = result
                 bar.update()
-        else:
-            with worker_pool(workers) as pool:
-                chunk = max(1, min(256, len(paths) // (workers * 16)))
-                for i, result in zip(todo, pool.imap(probe_one, paths, chunksize=chunk)):
-                    results[i] = result
-                    bar.update()
 
     rows = [(*stats[i], *results[i]) for i in sorted(stats)]
     table = pa.table({f.name: [r[k] for r in rows] for k, f in enumerate(_CACHE_SCHEMA)},
