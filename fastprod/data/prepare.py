@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import errno
 import functools
 import json
@@ -254,31 +253,31 @@ def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int, 
     stats: dict[int, tuple[str, int, int]] = {}
     real_dirs: dict[str, str] = {}
     missing = 0
-    with contextlib.ExitStack() as stack:
-        # nothing cached: every file will be probed, so the workers start up while the files are stat'ed
-        pool = stack.enter_context(worker_pool(workers)) if workers > 1 and len(entries) > 1 and not cache else None
-        for i, e in enumerate(entries):
-            st, reason = _stat_entry(str(root), e.path, real_dirs, follow_symlinks)
-            if st is None:
-                results[i] = failed(reason)
-                missing += reason in ("missing file", "broken symlink")
-                continue
-            path = os.path.join(root, e.path)
-            stats[i] = (path, st.st_size, st.st_mtime_ns)
-            hit = cache.get(path)
-            if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
-                results[i] = hit[2]
-        todo = [i for i in stats if results[i] is None]
-        paths = [stats[i][0] for i in todo]
-        with tqdm(total=len(paths), desc="probe", unit="img", disable=not paths) as bar:
-            if workers <= 1 or len(paths) < 2:
-                probed = map(probe_one, paths)
-            else:
-                pool = pool or stack.enter_context(worker_pool(workers))
-                probed = pool.imap(probe_one, paths, chunksize=max(1, min(256, len(paths) // (workers * 16))))
+    for i, e in enumerate(entries):
+        st, reason = _stat_entry(str(root), e.path, real_dirs, follow_symlinks)
+        if st is None:
+            results[i] = failed(reason)
+            missing += reason in ("missing file", "broken symlink")
+            continue
+        path = os.path.join(root, e.path)
+        stats[i] = (path, st.st_size, st.st_mtime_ns)
+        hit = cache.get(path)
+        if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
+            results[i] = hit[2]
+    todo = [i for i in stats if results[i] is None]
+    paths = [stats[i][0] for i in todo]
+    with tqdm(total=len(paths), desc="probe", unit="img", disable=not paths) as bar:
+        if workers <= 1 or len(paths) < 2:
+            probed = (probe_one(p) for p in paths)
             for i, result in zip(todo, probed):
                 results[i] = result
                 bar.update()
+        else:
+            with worker_pool(workers) as pool:
+                chunk = max(1, min(256, len(paths) // (workers * 16)))
+                for i, result in zip(todo, pool.imap(probe_one, paths, chunksize=chunk)):
+                    results[i] = result
+                    bar.update()
 
     rows = [(*stats[i], *results[i]) for i in sorted(stats)]
     table = pa.table({f.name: [r[k] for r in rows] for k, f in enumerate(_CACHE_SCHEMA)},
