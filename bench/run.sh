@@ -38,12 +38,14 @@ if [ "$QUICK" = 1 ]; then
     --classes 4 --images 64 --set data.workers=0
   bench ensemble bench/ensemble.py --models 2 --classes 5003 --images 64 --reps 1
   bench loader bench/loader.py --work "$OUT/loader-data" --images 24 --batch 8 --repeats 1 --only baseline pil dali
+  bench prepare_speed bench/prepare_speed.py --work "$OUT/prepare-data" --images 200 --sizes 32 --reps 1
   bench train_throughput bench/train_throughput.py --work "$OUT/train-data" --models resnet10t --sizes 32 \
     --images 64 --classes 4 --batch 8 --workers 0 --pairs 1
 else
   bench train_throughput bench/train_throughput.py --work "$OUT/train-data" --models resnet18 resnet34 --sizes 64 128 \
     --backends pil dali --precisions fp32 bf16
   bench loader bench/loader.py --work "$OUT/loader-data"
+  bench prepare_speed bench/prepare_speed.py --work "$OUT/prepare-data"
   bench kernels_cpu bench/kernels_cpu.py --load
   bench profile_step bench/profile_step.py --out "$OUT/profile"
   bench ensemble bench/ensemble.py

@@ -13,6 +13,7 @@ limits are keyword arguments (`fastprod prepare --max-aspect/--max-pixels`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,9 +54,9 @@ def check_geometry(width: int, height: int, max_aspect: float, max_pixels: int) 
 def _decoding(path: str | Path, max_aspect: float, max_pixels: int) -> Iterator[Image.Image]:
     """Open `path` and check its size from the header (`check_geometry`), yielding the PIL image before
     any pixel is decoded; every way of failing becomes an `ImageError` with a reason."""
-    path = Path(path)
+    path = os.fspath(path)  # a str: Path objects cost ~10 us a file here (stat, open), 15% of a small JPEG's decode
     try:
-        if path.stat().st_size == 0:
+        if os.stat(path).st_size == 0:
             raise ImageError("zero-byte file")
         with Image.open(path) as im:
             check_geometry(im.width, im.height, max_aspect, max_pixels)
@@ -94,6 +95,27 @@ def probe(path: str | Path, *, max_aspect: float = MAX_ASPECT, max_pixels: int =
             im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
         im.load()
         return info
+
+
+# (width, height, format, mode, reason); reason is "" for a readable image.
+ProbeResult = tuple[int, int, str, str, str]
+
+
+def failed(reason: str) -> ProbeResult:
+    return 0, 0, "", "", reason
+
+
+def probe_result(path: str, max_aspect: float, max_pixels: int) -> ProbeResult:
+    """`probe` for `fastprod prepare`'s worker pool: a tuple, and for a file that cannot be read its reason
+    instead of an exception. Here rather than in prepare so that the pool's workers import PIL and NumPy
+    only, not pyarrow (~0.3 s a worker)."""
+    try:
+        info = probe(path, max_aspect=max_aspect, max_pixels=max_pixels)
+    except ImageError as err:
+        return failed(str(err))
+    except Exception as err:  # a decoder bug must quarantine one file, not stop a multi-million-file scan
+        return failed(f"unexpected error: {type(err).__name__}: {err}")
+    return info.width, info.height, info.format, info.mode, ""
 
 
 def _composite_over_white(im: Image.Image) -> Image.Image:

@@ -57,6 +57,7 @@ from fastprod.score.engine import cli_errors
 
 POWERS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 TEMPERATURES = (1.0, 0.3, 0.1, 0.05, 0.03, 0.02, 0.01, 0.005)
+CHUNK_BYTES = 256 << 20  # float32 working memory of one chunk of rows in `fit` (~1,300 rows of 4 x 50,030 classes)
 
 
 def _class_ids(directory: Path) -> list[str] | None:
@@ -179,9 +180,16 @@ def _chunks(n: int, chunk: int):
         yield lo, min(n, lo + chunk)
 
 
-def argmax_and_finite(preds: list[Preds], chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """[M, N] arg-max class per model and [N] whether every model's row is finite."""
-    n = preds[0].shape[0]
+def rows_per_chunk(floats_per_row: int, budget: int = CHUNK_BYTES) -> int:
+    """Rows of `floats_per_row` float32 values that fit in `budget` bytes (at least one)."""
+    return max(1, budget // (4 * floats_per_row))
+
+
+def argmax_and_finite(preds: list[Preds], budget: int = CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """[M, N] arg-max class per model and [N] whether every model's row is finite, one model's chunk of rows
+    in float32 at a time (with its copy without NaN and its finiteness mask)."""
+    n, C = preds[0].shape
+    chunk = rows_per_chunk(3 * C, budget)
     arg = np.empty((len(preds), n), dtype=np.int64)
     finite = np.ones(n, dtype=bool)
     for lo, hi in _chunks(n, chunk):
@@ -235,9 +243,12 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.nda
 
 
 def ensemble_errors(preds: list[Preds], rows: np.ndarray, labels: np.ndarray, weights: list[np.ndarray],
-                    chunk: int = 512) -> np.ndarray:
-    """Top-1 error on `rows` of each candidate weight matrix [M, C]."""
+                    budget: int = CHUNK_BYTES) -> np.ndarray:
+    """Top-1 error on `rows` of each candidate weight matrix [M, C], over chunks of rows whose M models in
+    float32, their weighted products and sum fit in `budget` bytes."""
     W = torch.from_numpy(np.stack(weights)).float()  # [K, M, C]
+    M, C = len(preds), preds[0].shape[1]
+    chunk = rows_per_chunk((2 * M + 1) * C, budget)
     wrong = np.zeros(len(weights))
     for lo, hi in _chunks(len(rows), chunk):
         idx = rows[lo:hi]
@@ -250,13 +261,16 @@ def ensemble_errors(preds: list[Preds], rows: np.ndarray, labels: np.ndarray, we
 
 
 def fit(preds: list[Preds], labels: np.ndarray, *, scaling: str = "power", grid: tuple | None = None,
-        holdout: float = 0.3, min_count: int = 5, seed: int = 0, shrinks: tuple = (0.0,)) -> dict:
+        holdout: float = 0.3, min_count: int = 5, seed: int = 0, shrinks: tuple = (0.0,),
+        budget: int = CHUNK_BYTES) -> dict:
     """Choose the scaling value (and shrinkage, when several `shrinks` are given) on a held-out part, then
-    fit the per-class weights on all fitting rows."""
+    fit the per-class weights on all fitting rows. The float16 memmaps are read in chunks of rows holding at
+    most `budget` bytes of float32 (never [N, C] in float32: 30 GB at 150k x 50,030); the result does not
+    depend on `budget`."""
     grid = tuple(grid or (POWERS if scaling == "power" else TEMPERATURES))
     shrinks = tuple(float(k) for k in shrinks)
     num_classes = preds[0].shape[1]
-    arg, finite = argmax_and_finite(preds)
+    arg, finite = argmax_and_finite(preds, budget)
     usable = np.flatnonzero(finite & (labels >= 0))
     if len(usable) == 0:
         raise ValueError("ensemble fit: no rows with a label and finite probabilities in every model")
@@ -267,7 +281,7 @@ def fit(preds: list[Preds], labels: np.ndarray, *, scaling: str = "power", grid:
     for k in shrinks:
         acc_a, _, _ = per_class_accuracy(arg[:, usable[~held]], y[~held], num_classes, min_count, k)
         candidates += [class_weights(acc_a, scaling, v) for v in grid]
-    errors = ensemble_errors(preds, usable[held], labels, candidates) if held.any() else np.zeros(len(pairs))
+    errors = ensemble_errors(preds, usable[held], labels, candidates, budget) if held.any() else np.zeros(len(pairs))
     best = int(np.argmin(errors))  # ties: the first (least shrinkage, smallest power / largest temperature)
     shrink, value = pairs[best]
     acc, counts, global_acc = per_class_accuracy(arg[:, usable], y, num_classes, min_count, shrink)

@@ -81,3 +81,38 @@ def test_missing_column_and_bad_labels(tmp_path):
         Manifest.load(tmp_path / "m")
     with pytest.raises(DatasetError, match="labels outside"):  # write reloads, so it checks too
         _write(tmp_path / "m2", tmp_path, labels=(0, 2))
+
+
+def _held_in_ram(directory, n: int, classes: list[str]) -> int:
+    """Bytes (Arrow's allocations plus Python's, by tracemalloc) that a manifest of `n` AliProducts-like rows
+    holds once loaded with its train and val views."""
+    import gc
+    import tracemalloc
+
+    import pyarrow as pa
+
+    labels = np.random.default_rng(0).integers(0, len(classes), n)
+    ids = [f"{i:09d}.jpg" for i in range(n)]
+    columns = {"path": [f"train/{classes[y]}/{i}" for y, i in zip(labels, ids)], "image_id": ids,
+               "label": labels.tolist(), "class_id": [classes[y] for y in labels],
+               "split": ["val" if i % 20 == 0 else "train" for i in range(n)], "width": [32] * n, "height": [32] * n,
+               "format": ["JPEG"] * n}
+    Manifest.write(directory, root=directory / "root", class_ids=classes, columns=columns, quarantine=[], summary={})
+    gc.collect()
+    tracemalloc.start()
+    arrow = pa.total_allocated_bytes()
+    manifest = Manifest.load(directory)
+    train, val = manifest.split("train"), manifest.split("val")
+    gc.collect()
+    held = pa.total_allocated_bytes() - arrow + tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(train) + len(val) == n and train.paths[0] == str(manifest.root / columns["path"][1])
+    return held
+
+
+def test_a_loaded_manifest_holds_under_200_bytes_per_image(tmp_path):
+    """The cost of one more row (two sizes, 50,030 classes): ~140 B in Arrow columns and NumPy labels. A
+    Python str per path and id would be ~180 B more."""
+    classes = [f"{c:05d}" for c in range(50_030)]
+    per_row = (_held_in_ram(tmp_path / "big", 25_000, classes) - _held_in_ram(tmp_path / "small", 5_000, classes)) / 20_000
+    assert 0 < per_row < 200, per_row

@@ -14,7 +14,7 @@ from PIL import Image
 
 from fastprod.data.images import load_rgb
 from fastprod.data.manifest import DatasetError, Manifest, read_quarantine
-from fastprod.data.prepare import prepare
+from fastprod.data.prepare import FEW_CLASSES, plot_class_sizes, prepare
 
 
 def _image(path: Path, kind: str = "jpeg", shade: int = 100) -> None:
@@ -356,3 +356,28 @@ def test_json_nested_too_deep_is_a_dataset_error(ali_root, tmp_path):
         prepare(ali_root, tmp_path / "m", workers=1)
     code, err = _prepare_cli(ali_root, tmp_path / "m")
     assert code == 2 and err.startswith("fastprod prepare: error: ") and "train.json" in err and "Traceback" not in err
+
+
+def test_class_sizes_plot_at_50030_classes_is_one_rank_size_line(tmp_path):
+    """AliProducts' long tail (a few classes with thousands of images, many with 1-5, some empty): one
+    sorted line on log axes, the empty classes counted in the title, a PNG of ordinary size."""
+    rng = np.random.default_rng(0)
+    sizes = np.minimum(rng.zipf(1.6, 50_030), 5_000)
+    sizes[:7] = 0
+    fig = plot_class_sizes(sizes, tmp_path / "sizes.png", "ali: 50030 classes")
+    ranked = fig.axes[0]
+    assert ranked.get_xscale() == ranked.get_yscale() == "log" and len(ranked.lines) == 1 and not ranked.patches
+    x, y = ranked.lines[0].get_data()
+    np.testing.assert_array_equal(y, np.sort(sizes[sizes > 0])[::-1])
+    np.testing.assert_array_equal(x, np.arange(1, 50_030 - 7 + 1))
+    assert "7 without training images" in fig._suptitle.get_text()
+    png = (tmp_path / "sizes.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and 10_000 < len(png) < 400_000
+    assert Image.open(tmp_path / "sizes.png").size == (1000, 400)
+
+
+def test_class_sizes_plot_of_a_few_classes_marks_each_class(tmp_path):
+    fig = plot_class_sizes(np.array([3, 1, 2]), tmp_path / "sizes.png", "three classes")
+    ranked = fig.axes[0]
+    assert 3 <= FEW_CLASSES and ranked.get_xscale() == "linear" and ranked.lines[0].get_marker() == "o"
+    assert ranked.lines[0].get_ydata().tolist() == [3, 2, 1] and fig._suptitle.get_text() == "three classes"
