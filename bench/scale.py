@@ -437,11 +437,11 @@ def plot(rows: list[dict], sizes: list[int], file: Path, title: str) -> None:
 
     fig = Figure(figsize=(13, 5.5), layout="constrained")
     axes = fig.subplots(1, 2)
-    for r in rows:
+    for i, r in enumerate(rows):
         for ax, key in zip(axes, ("seconds", "peak_rss_mb")):
             pts = [(n, r[f"{key}_N{n}"]) for n in sizes if r[f"{key}_N{n}"]]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=r["stage"])
+            if pts:  # 10 colours x 3 line styles: 30 stages told apart
+                ax.plot(*zip(*pts), marker="o", linestyle=("-", "--", ":")[i % 3], label=r["stage"])
     axes[0].set(xscale="log", yscale="log", xlabel="training images N", ylabel="seconds", title="wall time")
     axes[1].set(xscale="log", yscale="log", xlabel="training images N", ylabel="peak RSS (MiB)", title="peak memory")
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
