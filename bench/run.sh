@@ -50,7 +50,7 @@ else
   bench ensemble bench/ensemble.py
   bench tta_engines bench/tta_engines.py
   bench ensemble_report bench/ensemble_report.py --simulate --splits 5 --out "$OUT/ensemble_report"
-  bench scale bench/scale.py --work "$OUT/scale-data"  # 30k / 100k / 300k images at 50,030 classes: ~20 min
+  bench scale bench/scale.py --work "$OUT/scale-data"  # 60k / 120k / 250k images at 50,030 classes: ~20 min
 fi
 if [ "$GPU" = 1 ]; then
   bench gpu_kernels bench/gpu_kernels.py

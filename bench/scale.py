@@ -1,15 +1,17 @@
 """Cost against dataset size: every stage of the recipe at several training-set sizes N, all at AliProducts'
 50,030 classes, with a fitted growth exponent per stage and a projection to the full 3M / 150k images.
 
-    .venv/bin/python bench/scale.py [--sizes 30000 100000 300000] [--classes 50030] [--work DIR]
+    .venv/bin/python bench/scale.py [--sizes 60000 120000 250000] [--classes 50030] [--work DIR]
                                     [--only STAGE ...] [--redo] [--json FILE] [--plot FILE]
 
 Each stage runs in its own process (`--stage`, below), so its figures are its own: wall time of the stage
-itself (not the interpreter's start-up and imports), peak RSS (the largest process of its tree: the
-rusage `wait4` returns covers the stage's own pool workers) and the bytes its outputs take on disk. A stage
-that fails is recorded with its error; the others still run. Stages, in order (`STAGES`):
-  synth            `fastprod synth` N training images at --size 32x32, the lognormal long tail; no val split
-  prepare          `fastprod prepare --val-fraction 0` over them: full probe
+itself (not the interpreter's start-up and imports), peak RSS (of the largest process of its tree: the
+rusage `wait4` returns covers the stage's own pool workers; it includes the interpreter and its imports,
+~0.65 GB once torch is in, and the pages of memory-mapped files the stage touches) and the bytes its
+outputs take on disk. A stage that fails is recorded with its error; the others still run. N must be at
+least --classes (the lognormal tail gives every class an image). Stages, in order (`STAGES`):
+  synth            `fastprod synth` N training images at 32x32, the lognormal long tail; no validation split
+  prepare          `fastprod prepare` over them: full probe
   prepare_cached   the same again: every probe answered by the size/mtime cache
   manifest_load    `Manifest.load` and the train split's columns
   write_ffcv       `fastprod write-ffcv` of the train split
@@ -24,22 +26,27 @@ that fails is recorded with its error; the others still run. Stages, in order (`
                    (does not depend on N)
   clean            `clean`'s bookkeeping over the train split: stratified halves, the kept mask from
                    synthetic fold predictions, the balanced top-3 subset, both subset manifests written
-  score_probs      `fastprod score --probs` of N_val = N / 20 training images (AliProducts' 150k : 3M) by a
-                   random-weight resnet10t engine (32 px, one view): [N_val, C] float16
-  ensemble_fit     `fastprod ensemble fit` of 4 models' synthetic float16 [N_val, C] probabilities, labels
-                   spread evenly over the classes (3 per class at 150k)
+  score_probs      `fastprod score --probs` of N_val = N / 20 images (AliProducts' 150k : 3M; training images
+                   stand in for the validation split) by a random-weight resnet10t engine exported once
+                   (32 px, one view, the export not timed): [N_val, C] float16
+  ensemble_inputs  (setup) 4 models' synthetic float16 [N_val, C] probabilities; labels 3 per class over the
+                   first N_val / 3 classes (all 50,030 at 150k), the others unlabelled (global accuracy)
+  ensemble_fit     `fastprod ensemble fit` of them
   ensemble_apply   `fastprod ensemble apply` of the fitted weights
 Inputs are reused: one directory per size under --work (synth's images, the prepared manifest, the
 engine), and a stage whose result is already there is not measured again unless --redo.
 
 Output: a table (seconds, peak RSS, bytes per size; the exponent of each against N, fitted by least
-squares on log-log; the projection to N = 3M, i.e. N_val = 150k), --json (bench/results.py's format:
+squares on log-log; the projection to N = 3M, i.e. N_val = 150k, from that fit, or the median for the
+stages whose work does not depend on N: `SIZE_FREE`), --json (bench/results.py's format:
 one row per stage) and --plot (time and peak memory against N, log-log, one line per stage).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -56,8 +63,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FULL_TRAIN, VAL_RATIO = 3_000_000, 20  # AliProducts: ~3M training and ~150k validation images
 IMPLS, WIDTHS, BASE_CLASSES = ("reference", "fused", "fused_linear"), (512, 2048), 1000
 ENSEMBLE_MODELS = 4
+SIZE_FREE = ("train_", "checkpoint")  # stages whose work does not depend on N: projected by their median
 STAGES = ("synth", "prepare", "prepare_cached", "manifest_load", "write_ffcv", "loader", "train", "o2u",
-          "checkpoint", "clean", "score_probs", "ensemble_fit", "ensemble_apply")
+          "checkpoint", "clean", "score_probs", "ensemble_inputs", "ensemble_fit", "ensemble_apply")
 
 
 def disk_bytes(*paths: Path) -> int:
@@ -69,6 +77,11 @@ def disk_bytes(*paths: Path) -> int:
         elif path.is_dir():
             total += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return total
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak RSS over from its current RSS (Linux >= 4.0), so a part's peak is its own."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def peak_rss() -> int:
@@ -86,12 +99,16 @@ def fresh(path: Path) -> Path:
 
 
 def cli(*argv: str) -> None:
-    """Run a `fastprod` command in this process; a non-zero exit is an error."""
+    """Run a `fastprod` command in this process; a non-zero exit is an error carrying its error line."""
     from fastprod.cli import main
 
-    code = main([str(a) for a in argv])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    sys.stderr.write(err.getvalue())
     if code:
-        raise RuntimeError(f"fastprod {argv[0]} exited with {code}")
+        lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+        raise RuntimeError(lines[-1] if lines else f"fastprod {argv[0]} exited with {code}")
 
 
 def timed(fn) -> float:
@@ -161,7 +178,8 @@ def stage_loader(a: argparse.Namespace) -> list[dict]:
 
 
 def stage_train(a: argparse.Namespace) -> list[dict]:
-    """Head + loss only, on random features: each (impl, width) at the baseline 1,000 classes, then --classes."""
+    """Head + loss only, on random features: each (impl, width) at the baseline 1,000 classes, then --classes;
+    each part's peak RSS its own (the process's resident memory when it starts, torch's included)."""
     import torch
 
     from fastprod.config import LossConfig
@@ -188,6 +206,7 @@ def stage_train(a: argparse.Namespace) -> list[dict]:
                     out.loss.backward()
                     opt.step()
 
+                reset_peak_rss()
                 step()  # warm: allocator, kernels, momentum buffers
                 per_step[classes] = timed(lambda: [step() for _ in range(a.steps)]) / a.steps
                 rows.append({"stage": f"train_{impl}_d{width}_c{classes}", "seconds": per_step[classes],
@@ -292,21 +311,27 @@ def stage_score_probs(a: argparse.Namespace) -> list[dict]:
     engine = Engine(engine_dir, "cpu")
     train = Manifest.load(a.dir / "prepared").split("train")
     items = Items(list(train.image_ids[:a.n_val]), list(train.paths[:a.n_val]), train.labels[:a.n_val])
+    reset_peak_rss()  # the engine's export is setup
     s = timed(lambda: score(engine, items, out, save_probs=True, workers=a.workers, progress=False))
     return [{"stage": "score_probs", "seconds": s, "bytes": disk_bytes(out),
              "note": f"{a.n_val} images x {a.classes} classes"}]
 
 
 def _ensemble_inputs(a: argparse.Namespace) -> tuple[list[Path], Path]:
-    """4 models' float16 [N_val, C] probabilities (model m ranks the label first for 50 + 10m % of the rows) and
-    labels spread evenly over the classes; written in row blocks, reused."""
     d = a.dir / "ensemble-inputs"
-    preds, labels = [d / f"model{m}.npy" for m in range(ENSEMBLE_MODELS)], d / "labels.npy"
-    if labels.is_file():
-        return preds, labels
-    d.mkdir(exist_ok=True)
+    return [d / f"model{m}.npy" for m in range(ENSEMBLE_MODELS)], d / "labels.npy"
+
+
+def stage_ensemble_inputs(a: argparse.Namespace) -> list[dict]:
+    """The ensemble's inputs (this bench's setup, not a recipe stage): 4 models' float16 [N_val, C]
+    probabilities, model m ranking the label first for 50 + 10m % of the rows, written in row blocks, and
+    labels 3 per class over the first N_val / 3 classes (all C at 150k); the other classes have none, so
+    `fit` gives them the global accuracies."""
+    preds, labels = _ensemble_inputs(a)
+    start = time.perf_counter()
+    labels.parent.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
-    y = rng.permutation(np.arange(a.n_val) % a.classes)
+    y = rng.permutation(np.arange(a.n_val) % min(a.classes, max(1, a.n_val // 3)))
     for m, path in enumerate(preds):
         mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(a.n_val, a.classes))
         for lo in range(0, a.n_val, 256):
@@ -317,7 +342,9 @@ def _ensemble_inputs(a: argparse.Namespace) -> tuple[list[Path], Path]:
         mm.flush()
         del mm
     np.save(labels, y)
-    return preds, labels
+    s = time.perf_counter() - start
+    return [{"stage": "ensemble_inputs", "seconds": s, "bytes": disk_bytes(labels.parent),
+             "note": f"{ENSEMBLE_MODELS} x [{a.n_val}, {a.classes}] float16, {len(np.unique(y))} classes labelled"}]
 
 
 def stage_ensemble_fit(a: argparse.Namespace) -> list[dict]:
@@ -380,13 +407,15 @@ def measure(a: argparse.Namespace, stage: str, n: int, work: Path) -> list[dict]
     return rows
 
 
-def fit_exponent(sizes: list[int], values: list[float | None]) -> tuple[float | None, float | None]:
-    """Least squares log(value) = e * log(N) + b over the sizes that have a positive value: (e, value at 3M)."""
+def fit_exponent(sizes: list[int], values: list[float | None], size_free: bool = False
+                 ) -> tuple[float | None, float | None]:
+    """Least squares log(value) = e * log(N) + b over the sizes that have a positive value: (e, value at 3M).
+    `size_free` (a stage whose work does not depend on N): the projection is the median, not the fit's."""
     pts = [(n, v) for n, v in zip(sizes, values) if v is not None and v > 0]
     if len(pts) < 2 or len({n for n, _ in pts}) < 2:
-        return None, None
+        return None, (float(np.median([v for _, v in pts])) if size_free and pts else None)
     e, b = np.polyfit(np.log([n for n, _ in pts]), np.log([v for _, v in pts]), 1)
-    return float(e), float(math.exp(b) * FULL_TRAIN ** e)
+    return float(e), float(np.median([v for _, v in pts]) if size_free else math.exp(b) * FULL_TRAIN ** e)
 
 
 def summarise(measured: dict[int, list[dict]]) -> list[dict]:
@@ -398,9 +427,8 @@ def summarise(measured: dict[int, list[dict]]) -> list[dict]:
         at = {n: next((r for r in measured[n] if r["stage"] == name), None) for n in sizes}
         col = {key: [at[n][key] if at[n] and not at[n]["error"] else None for n in sizes]
                for key in ("seconds", "peak_rss", "bytes")}
-        e_t, p_t = fit_exponent(sizes, col["seconds"])
-        e_m, p_m = fit_exponent(sizes, col["peak_rss"])
-        e_b, p_b = fit_exponent(sizes, col["bytes"])
+        (e_t, p_t), (e_m, p_m), (e_b, p_b) = (fit_exponent(sizes, col[k], name.startswith(SIZE_FREE))
+                                              for k in ("seconds", "peak_rss", "bytes"))
         errors = [f"N={n}: {at[n]['error']}" for n in sizes if at[n] and at[n]["error"]]
         rss_mb = [v / 2**20 if v else None for v in col["peak_rss"]]
         rows.append({"stage": name, **{f"seconds_N{n}": v for n, v in zip(sizes, col["seconds"])},
@@ -451,7 +479,7 @@ def plot(rows: list[dict], sizes: list[int], file: Path, title: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[30_000, 100_000, 300_000], help="training images N")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[60_000, 120_000, 250_000], help="training images N")
     ap.add_argument("--classes", type=int, default=50030)
     ap.add_argument("--work", type=Path, default=ROOT / "bench-results" / "scale", help="inputs, reused per size")
     ap.add_argument("--only", nargs="+", choices=STAGES, default=None, help="run only these stages")
@@ -474,8 +502,8 @@ def main() -> int:
             traceback.print_exc()
             print(f"{a.stage}: {traceback.format_exc(limit=0).strip().splitlines()[-1]}")
             return 1
-    if min(a.sizes) < 2 * VAL_RATIO or a.classes < 2:
-        ap.error("--sizes must be >= 40 and --classes >= 2")
+    if a.classes < 2 or min(a.sizes) < max(a.classes, 2 * VAL_RATIO):
+        ap.error(f"--sizes must be at least --classes ({a.classes}: the long tail gives every class an image) and 40")
     measured = {}
     for n in sorted(set(a.sizes)):
         work = a.work / f"n{n}-c{a.classes}"

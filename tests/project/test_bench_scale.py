@@ -33,6 +33,7 @@ def test_fit_exponent_recovers_a_power_law():
     assert e == pytest.approx(1.5, rel=1e-9)
     assert projected == pytest.approx(3.0 * scale.FULL_TRAIN**1.5, rel=1e-9)
     assert scale.fit_exponent(sizes, [None, 2.0, None, None]) == (None, None)  # one point fits nothing
+    assert scale.fit_exponent(sizes, [1.0, 2.0, 4.0, 3.0], size_free=True)[1] == 2.5  # the median
 
 
 @pytest.mark.e2e  # launches a process per stage and size
