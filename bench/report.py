@@ -1,5 +1,6 @@
 """The report of `bench/run.sh`: every result file (bench/results.py) in a directory as a markdown
-table with its hardware and baseline, plus one PNG plot per benchmark.
+table with its hardware and baseline, plus one PNG plot per benchmark (drawn here from its "plot" spec, or by the benchmark itself as
+DIR/<bench>.png).
 
     python bench/report.py DIR        # writes DIR/report.md and DIR/<bench>.png
 """
@@ -51,9 +52,10 @@ def report(directory: Path) -> Path:
                      f"Hardware: {result['hardware']}. Baseline: {result['baseline']}.", "",
                      "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         sections += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in result["rows"]]
+        png = directory / f"{result['bench']}.png"
         if result.get("plot"):
-            png = directory / f"{result['bench']}.png"
             plot(result, png)
+        if png.is_file():  # ours, or one the benchmark drew itself (bench/scale.py)
             sections += ["", f"![{result['bench']}]({png.name})"]
         sections.append("")
     out = directory / "report.md"

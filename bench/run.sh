@@ -41,6 +41,7 @@ if [ "$QUICK" = 1 ]; then
   bench prepare_speed bench/prepare_speed.py --work "$OUT/prepare-data" --images 200 --sizes 32 --reps 1
   bench train_throughput bench/train_throughput.py --work "$OUT/train-data" --models resnet10t --sizes 32 \
     --images 64 --classes 4 --batch 8 --workers 0 --pairs 1
+  bench scale bench/scale.py --work "$OUT/scale-data" --classes 503 --sizes 1000 2000 --steps 1
 else
   bench train_throughput bench/train_throughput.py --work "$OUT/train-data" --models resnet18 resnet34 --sizes 64 128 \
     --backends pil dali --precisions fp32 bf16
@@ -51,6 +52,7 @@ else
   bench ensemble bench/ensemble.py
   bench tta_engines bench/tta_engines.py
   bench ensemble_report bench/ensemble_report.py --simulate --splits 5 --out "$OUT/ensemble_report"
+  bench scale bench/scale.py --work "$OUT/scale-data"  # 60k / 120k / 250k images at 50,030 classes: ~20 min
 fi
 if [ "$GPU" = 1 ]; then
   bench gpu_kernels bench/gpu_kernels.py

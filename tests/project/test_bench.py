@@ -20,7 +20,8 @@ def test_run_sh_quick_writes_every_result(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-    assert {"kernels_cpu", "profile_step", "ensemble", "loader", "prepare_speed", "train_throughput"} <= {r["bench"] for r in results}
+    expected = {"kernels_cpu", "profile_step", "ensemble", "loader", "prepare_speed", "train_throughput", "scale"}
+    assert expected <= {r["bench"] for r in results}
     report = (out / "report.md").read_text()
     for r in results:
         assert r["hardware"] and r["baseline"] and r["rows"], r["bench"]
