@@ -329,7 +329,7 @@ class Trainer:
             return
         steps, values = self.meter.steps, self.meter.read()
         lr = self.sgdr.lr(self.step - 1)
-        mfu = values["img_per_s"] * self.flops_per_image / (self.peak_flops * self.dist.world)
+        mfu = self._mfu(values["img_per_s"])
         self.metrics.log("train", self.step, epoch=self.epoch + 1, lr=lr, mfu=mfu,
                          peak_mem_gib=peak_memory_gib(self.dist.device), **values)
         self.bar.update(steps)
@@ -367,6 +367,10 @@ class Trainer:
         return result.metrics(split.labels, self.train_class_sizes)
 
     # ---- helpers -----------------------------------------------------------------------------
+    def _mfu(self, img_per_s: float) -> float:
+        """Model FLOP utilisation of a global training rate: achieved FLOP/s per device over its peak."""
+        return img_per_s * self.flops_per_image / (self.peak_flops * self.dist.world)
+
     def _check_load_failures(self, split: SplitView, failures: float) -> None:
         """Stop the run when more images of one pass over `split` failed to load than the limits allow."""
         limit = min(self.cfg.data.max_load_failures, self.cfg.data.max_load_failure_fraction * len(split))
@@ -388,7 +392,7 @@ class Trainer:
             "num_classes": self.manifest.num_classes, "world_size": self.dist.world,
             "device": str(self.dist.device), "precision": self.precision, "model": self.cfg.model.name,
             "wall_time_s": round(elapsed, 2), "train_img_per_s": round(self.meter.img_per_s, 2),
-            "mfu": round(self.meter.img_per_s * self.flops_per_image / (self.peak_flops * self.dist.world), 4),
+            "mfu": round(self._mfu(self.meter.img_per_s), 4),
             "flops_per_image": self.flops_per_image, "peak_flops_per_device": self.peak_flops,
             "peak_mem_gib": round(peak_memory_gib(self.dist.device), 3),
             "final_weights": str(self.checkpointer.final_dir / "model.pt"),
