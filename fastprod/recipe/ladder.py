@@ -49,10 +49,16 @@ STEPS = [
     ("+ O2U sample weights", ["o2u.enabled=true"]),
 ]
 CLEANING = ("+ 2-fold cleaning, finetune on the balanced subset", [])  # trains from the O2U step's models
-# beyond the seed: the long tail, where the ladder shows the error left (each on top of the O2U step)
+# the reference the ladder is measured against: plain cross entropy on the unaugmented images (no rotation, the
+# whole image at its aspect ratio instead of a random-sized crop), uniform sampling (step `reference`)
+REFERENCE = ("reference: plain cross entropy, no augmentation", [
+    "data.augment.rotation_p=0", "data.augment.crop_scale=[1.0,1.0]", "data.augment.crop_ratio=[1.0,1.0]"])
+# beyond the seed: the long tail, where the ladder shows the error left; each is one alternative added to the O2U
+# step's settings (not to each other) and trained from scratch
 TAIL_STEPS = [
     ("+ class-aware sampling (sqrt of class frequency)", ["data.sampler=sqrt"]),
     ("+ logit-adjusted loss (tau 1: balanced softmax)", ["loss.logit_adjust_tau=1"]),
+    ("+ logit-adjusted loss, without dropout", ["loss.logit_adjust_tau=1", "model.drop_rate=0"]),
 ]
 
 
@@ -98,24 +104,31 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
                k: int, finetune_epochs: int, seeds: int) -> list[dict]:
     from fastprod.recipe.train import create_trainer
 
-    chain = [*STEPS, CLEANING, *TAIL_STEPS]
+    last = len(STEPS) - 1  # the O2U step
 
-    def cfg_for(step: int, seed: int, extra: list[str]) -> Config:
-        cumulative = [o for _, step_overrides in chain[: step + 1] for o in step_overrides]
-        return load_config(config, [*BASELINE, *cumulative, *overrides, f"data.manifest={manifest}",
+    def settings(step: int | str) -> list[str]:
+        """The step's overrides: the seed's steps are cumulative, each tail step is added to the O2U step."""
+        if step == "reference":
+            return REFERENCE[1]
+        if step <= last + 1:  # the cleaning finetune trains the O2U step's models on
+            return [o for _, step_overrides in STEPS[: step + 1] for o in step_overrides]
+        return [*settings(last), *TAIL_STEPS[step - last - 2][1]]
+
+    def cfg_for(step: int | str, seed: int, extra: list[str]) -> Config:
+        return load_config(config, [*BASELINE, *settings(step), *overrides, f"data.manifest={manifest}",
                                     f"run.seed={seed}", f"run.dir={out / f'step-{step}' / f'seed-{seed}'}", *extra])
 
-    def row(name: str, step: int, configs: list[Config], **extra) -> dict:
+    def row(name: str, step: int | str, configs: list[Config], **extra) -> dict:
         errors = [create_trainer(cfg, dist).fit()["val_top1_error"] for cfg in configs]
         return {"step": name, "val_top1_error": float(np.mean(errors)), "seed_errors": errors,
                 "run": str(out / f"step-{step}"), **extra}
 
-    rows = [row(name, step, [cfg_for(step, seed, []) for seed in range(seeds)]) for step, (name, _) in enumerate(STEPS)]
-    last = len(STEPS) - 1
+    rows = [row(REFERENCE[0], "reference", [cfg_for("reference", seed, []) for seed in range(seeds)])]
+    rows += [row(name, step, [cfg_for(step, seed, []) for seed in range(seeds)]) for step, (name, _) in enumerate(STEPS)]
     noisy = set(json.loads(noise_file.read_text())) if noise_file else set()
     if noisy:  # how well the O2U score finds the injected noise, per cycle (seed 0)
         cycles = sorted((out / f"step-{last}" / "seed-0" / "o2u").glob("cycle-*.csv"), key=lambda p: int(p.stem[6:]))
-        rows[last]["o2u_noise_detection"] = [noise_detection(csv, noisy) for csv in cycles]
+        rows[1 + last]["o2u_noise_detection"] = [noise_detection(csv, noisy) for csv in cycles]
     report = clean(cfg_for(last, 0, [f"run.dir={out / 'clean'}"]), dist, out=out / "clean", k=k, noise=noise_file)
     lr = cfg_for(last, 0, []).optim.lr / 10
     finetunes = [cfg_for(last + 1, seed, [
@@ -125,8 +138,8 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
     rows.append(row(f"{CLEANING[0]} (top-{k} per class)", last + 1, finetunes, cleaning=report))
     rows += [row(name, step, [cfg_for(step, seed, []) for seed in range(seeds)])
              for step, (name, _) in enumerate(TAIL_STEPS, start=last + 2)]
-    for step, r in enumerate(rows):  # why a step helps or not: what the final models fit and where they err
-        per_seed = [diagnose(out / f"step-{step}" / f"seed-{seed}", manifest, noisy, dist) for seed in range(seeds)]
+    for r in rows:  # why a step helps or not: what the final models fit and where they err
+        per_seed = [diagnose(Path(r["run"]) / f"seed-{seed}", manifest, noisy, dist) for seed in range(seeds)]
         r["diagnosis"] = {key: float(np.mean([d[key] for d in per_seed])) if per_seed[0][key] is not None else None
                           for key in per_seed[0]}
     return rows
@@ -161,11 +174,13 @@ def write_table(rows: list[dict], out: Path, setup: str) -> str:
 
     groups = " / ".join(f"{name} ({low}{'+' if high is None else f'-{high}'})" for name, (low, high) in SHOT_GROUPS.items())
     lines = [f"Ablation ladder — {setup}", "",
-             f"| step | val top-1 error (mean of {seeds} seeds) | per seed | {groups} training images per class | "
-             "noisy train labels fitted | clean train error |", "|---|---|---|---|---|---|"]
+             f"| step | val top-1 error (mean of {seeds} seeds) | vs the reference | per seed | {groups} training images "
+             "per class | noisy train labels fitted | clean train error |", "|---|---|---|---|---|---|---|"]
+    reference = rows[0]["val_top1_error"]
     for r in rows:
         d = r["diagnosis"]
-        lines.append(f"| {r['step']} | {100 * r['val_top1_error']:.2f}% | "
+        relative = "-" if r is rows[0] or reference == 0 else f"{100 * (r['val_top1_error'] / reference - 1):+.0f}%"
+        lines.append(f"| {r['step']} | {100 * r['val_top1_error']:.2f}% | {relative} | "
                      f"{' / '.join(f'{100 * e:.1f}' for e in r['seed_errors'])} | "
                      f"{' / '.join(percent(d[f'val_error_{name}']) for name in SHOT_GROUPS)} | "
                      f"{percent(d['noisy_fitted'])} | {percent(d['clean_train_error'])} |")
@@ -173,7 +188,7 @@ def write_table(rows: list[dict], out: Path, setup: str) -> str:
     if detection:
         lines += ["", "O2U score vs the injected noise (seed 0), AUROC per SGDR cycle: "
                   + ", ".join(f"{d['auroc']:.3f}" for d in detection if d["auroc"] is not None)]
-    cleaning = rows[-1].get("cleaning", {})
+    cleaning = next((r["cleaning"] for r in rows if r.get("cleaning")), {})
     if cleaning.get("noisy") is not None:
         lines += ["", f"Cleaning removed {cleaning['noisy_removed']} of {cleaning['noisy']} noisy training labels and "
                   f"{cleaning['clean_lost']} clean ones; the balanced subset has {cleaning['balanced']} images in "
