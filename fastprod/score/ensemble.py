@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from fastprod.files import atomic_write, write_json
+from fastprod.files import atomic_write, release_rows, write_json
 from fastprod.score.engine import cli_errors
 
 POWERS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -197,6 +197,7 @@ def argmax_and_finite(preds: list[Preds], budget: int = CHUNK_BYTES) -> tuple[np
             x = _tensor(p.probs[lo:hi]).float()
             finite[lo:hi] &= torch.isfinite(x).all(1).numpy()
             arg[m, lo:hi] = x.nan_to_num(-1.0).argmax(1).numpy()
+            release_rows(p.probs, lo, hi)
     return arg, finite
 
 
@@ -253,6 +254,8 @@ def ensemble_errors(preds: list[Preds], rows: np.ndarray, labels: np.ndarray, we
     for lo, hi in _chunks(len(rows), chunk):
         idx = rows[lo:hi]
         X = torch.stack([_tensor(np.ascontiguousarray(p.probs[idx])).float() for p in preds])  # [M, b, C]
+        for p in preds:  # `rows` ascend: this chunk's rows lie in [idx[0], idx[-1]]
+            release_rows(p.probs, int(idx[0]), int(idx[-1]) + 1)
         y = torch.from_numpy(labels[idx])
         for k in range(len(weights)):
             pred = (X * W[k][:, None, :]).sum(0).argmax(1)
@@ -333,14 +336,15 @@ def weighted_topk_torch(probs: list[np.ndarray], weights: torch.Tensor, lo: int,
 
 def apply(preds: list[Preds], weights: np.ndarray, out_dir: str | Path, *, topk: int = 5, save_probs: bool = False,
           chunk: int = 0, device: str = "cpu", labels: np.ndarray | None = None, threads: int = 0,
-          progress: bool = True) -> dict:
+          progress: bool = True, budget: int = CHUNK_BYTES) -> dict:
     """Write the ensemble's top-k (predictions.parquet: image_id, path, label, ok, pred, topk_labels,
     topk_probs), summary.json and optionally its float16 probabilities (probs.npy), each through a
     temporary file renamed into place when complete (summary.json last).
 
     CPU: the fused numba kernel (`weighted_topk`) over `threads` threads (default: all), in tiles of
-    `chunk` rows (default 4); GPU: torch over chunks of 1024 rows. A row with a non-finite probability
-    in any model is reported missing (ok false, pred -1).
+    `chunk` rows (default 4); GPU: torch over chunks of 1024 rows. Both stream slabs of rows whose float16
+    inputs and output hold at most `budget` bytes, released from resident memory once done. A row with a
+    non-finite probability in any model is reported missing (ok false, pred -1).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -348,7 +352,8 @@ def apply(preds: list[Preds], weights: np.ndarray, out_dir: str | Path, *, topk:
     w = np.ascontiguousarray(weights, dtype=np.float32)
     if not np.isfinite(w).all():
         raise ValueError("ensemble weights contain NaN or inf")
-    options = dict(k=min(topk, C), chunk=chunk, device=torch.device(device), threads=threads, progress=progress)
+    options = dict(k=min(topk, C), chunk=chunk, device=torch.device(device), threads=threads, progress=progress,
+                   budget=budget)
     if save_probs:
         top = []
 
@@ -379,7 +384,8 @@ def apply(preds: list[Preds], weights: np.ndarray, out_dir: str | Path, *, topk:
 
 
 def weighted_sum_topk(preds: list[Preds], w: np.ndarray, mm: np.ndarray | None, *, k: int, chunk: int,
-                      device: torch.device, threads: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+                      device: torch.device, threads: int, progress: bool, budget: int = CHUNK_BYTES
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k values [N, k] float32 and classes [N, k] int32 of sum_m w[m, c] * P_m[n, c]; the float16 sums
     go to `mm` when given."""
     import numba
@@ -389,8 +395,13 @@ def weighted_sum_topk(preds: list[Preds], w: np.ndarray, mm: np.ndarray | None, 
     n, C = preds[0].shape
     top_p = np.empty((n, k), dtype=np.float32)
     top_i = np.empty((n, k), dtype=np.int32)
-    slab = 1 << 12  # rows per kernel call: the progress bar's step
+    slab = max(1, budget // (2 * (len(preds) + 1) * C))  # rows per kernel call: the progress bar's step
     bar = tqdm(total=n, unit="img", desc="ensemble", disable=not progress, dynamic_ncols=True)
+
+    def release(lo: int, hi: int) -> None:  # resident memory stays one slab of every matrix
+        for array in [*(p.probs for p in preds), *([mm] if mm is not None else [])]:
+            release_rows(array, lo, hi)  # dirty pages of `mm` stay in the page cache, written back
+
     if device.type == "cpu":
         probs = tuple(storage_view(p.probs) for p in preds)
         if len({p.dtype for p in probs}) > 1:
@@ -403,17 +414,19 @@ def weighted_sum_topk(preds: list[Preds], w: np.ndarray, mm: np.ndarray | None, 
                 hi = min(n, lo + slab)
                 weighted_topk(tuple(p[lo:hi] for p in probs), w, chunk or 4, top_p[lo:hi], top_i[lo:hi],
                               out[lo:hi] if mm is not None else out)
+                release(lo, hi)
                 bar.update(hi - lo)
         finally:
             numba.set_num_threads(saved)
     else:
         wt = torch.from_numpy(w).to(device)
-        for lo in range(0, n, chunk or 1024):
-            hi = min(n, lo + (chunk or 1024))
+        for lo in range(0, n, min(slab, chunk or 1024)):
+            hi = min(n, lo + min(slab, chunk or 1024))
             v, i, total = weighted_topk_torch([p.probs for p in preds], wt, lo, hi, k)
             top_p[lo:hi], top_i[lo:hi] = v.cpu().numpy(), i.cpu().numpy()
             if mm is not None:
                 mm[lo:hi] = total.half().cpu().numpy()
+            release(lo, hi)
             bar.update(hi - lo)
     bar.close()
     return top_p, top_i

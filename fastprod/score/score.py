@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from fastprod.data.images import ImageError, load_rgb
-from fastprod.files import atomic_write, write_json
+from fastprod.files import atomic_write, release_rows, write_json
 from fastprod.score.engine import Engine, cli_errors
 from fastprod.score.items import Items, items_from_paths
 from fastprod.score.tta import Views, average_views, blank_views, make_views
@@ -173,6 +173,7 @@ def score(engine: Engine, items: Items, out: str | Path, *, topk: int = 5, save_
             rows = probs.numpy().astype(np.float16)
             rows[~ok] = np.nan
             probs_mm[int(index[0]):int(index[-1]) + 1] = rows
+            release_rows(probs_mm, int(index[0]), int(index[-1]) + 1)  # resident: one batch, not [N, C]
         buf_p.append(p), buf_i.append(i), buf_err.extend(errors)
         bar.update(len(index))
         filled = int(index[-1]) + 1
