@@ -118,12 +118,13 @@ def per_class_report(labels: np.ndarray, threshold: np.ndarray, agree: np.ndarra
              **{name: int(values[c]) for name, values in columns.items()}} for c in range(len(class_ids))]
 
 
-def predict(model: torch.nn.Module, split: SplitView, cfg: Config, dist: Dist) -> tuple[np.ndarray, np.ndarray]:
-    """Arg-max class (-1 if the image failed to load) and the probability of the given label per sample,
-    gathered from all ranks."""
+def predict(model: torch.nn.Module, split: SplitView, cfg: Config, dist: Dist,
+            adjust: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Arg-max class (-1 if the image failed to load; of the logits minus `adjust` when given) and the
+    probability of the given label per sample, gathered from all ranks."""
     loader = create_loader(split, cfg.data, train=False, rank=dist.rank, world=dist.world, seed=cfg.run.seed,
                            device=dist.device, channels_last=cfg.model.channels_last)
-    result = evaluate(model, loader, len(split), dist.device)
+    result = evaluate(model, loader, len(split), dist.device, adjust)
     return result.pred, result.conf
 
 

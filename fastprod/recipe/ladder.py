@@ -30,6 +30,7 @@ import torch
 
 from fastprod.config import Config, ConfigError, load_config
 from fastprod.data.manifest import Manifest
+from fastprod.losses.prior import logit_offset
 from fastprod.files import write_json
 from fastprod.models import create_model
 from fastprod.recipe.clean import clean, predict
@@ -149,7 +150,9 @@ def diagnose(run: Path, manifest: Path, noisy: set[str], dist: Dist) -> dict:
     """The final model of `run` on the full training split and the validation split: the fraction of
     mislabelled training images it predicts as their wrong label (memorised noise; None without the true
     labels), its error on the correctly labelled ones, and validation error per shot group of the full
-    training split (`val_error_many` ...; a finetune's own subset is balanced)."""
+    training split (`val_error_many` ...; a finetune's own subset is balanced); and the validation error after
+    post-hoc logit adjustment with tau 1 (`val_error_posthoc`, `..._few`: the arg-max of the logits minus the log
+    prior of the full training split, what `fastprod export --logit-adjust 1` scores)."""
     cfg = load_config(run / "resolved.yaml", [f"data.manifest={manifest}", f"model.init_from={run / 'final' / 'model.pt'}"])
     data = Manifest.load(manifest)
     model = create_model(cfg.model, data.num_classes).to(dist.device)
@@ -158,13 +161,17 @@ def diagnose(run: Path, manifest: Path, noisy: set[str], dist: Dist) -> dict:
     train, val = data.split(cfg.data.train_split), data.split(cfg.data.val_split)
     train_pred, _ = predict(model, train, cfg, dist)
     val_pred, _ = predict(model, val, cfg, dist)
-    is_noisy = np.array([i in noisy for i in train.image_ids])
     sizes = np.bincount(train.labels, minlength=data.num_classes)
+    adjusted, _ = predict(model, val, cfg, dist, adjust=logit_offset(torch.from_numpy(sizes), 1.0))
+    is_noisy = np.array([i in noisy for i in train.image_ids])
     wrong, val_wrong = train_pred != train.labels, val_pred != val.labels
-    groups = shot_group_errors(val_wrong, np.ones(len(val_wrong), dtype=bool), val.labels, sizes)
+    everything = np.ones(len(val_wrong), dtype=bool)
+    groups = shot_group_errors(val_wrong, everything, val.labels, sizes)
+    posthoc = shot_group_errors(adjusted != val.labels, everything, val.labels, sizes)
     return {"noisy_fitted": float(np.mean(~wrong[is_noisy])) if is_noisy.any() else None,
             "clean_train_error": float(np.mean(wrong[~is_noisy])),
-            **{f"val_error_{name}": groups[f"top1_error_{name}"] for name in SHOT_GROUPS}}
+            **{f"val_error_{name}": groups[f"top1_error_{name}"] for name in SHOT_GROUPS},
+            "val_error_posthoc": float(np.mean(adjusted != val.labels)), "val_error_posthoc_few": posthoc["top1_error_few"]}
 
 
 def write_table(rows: list[dict], out: Path, setup: str) -> str:
@@ -175,7 +182,8 @@ def write_table(rows: list[dict], out: Path, setup: str) -> str:
     groups = " / ".join(f"{name} ({low}{'+' if high is None else f'-{high}'})" for name, (low, high) in SHOT_GROUPS.items())
     lines = [f"Ablation ladder — {setup}", "",
              f"| step | val top-1 error (mean of {seeds} seeds) | vs the reference | per seed | {groups} training images "
-             "per class | noisy train labels fitted | clean train error |", "|---|---|---|---|---|---|---|"]
+             "per class | post-hoc logit adjustment (tau 1): error / few | noisy train labels fitted | clean train error |",
+             "|---|---|---|---|---|---|---|---|"]
     reference = rows[0]["val_top1_error"]
     for r in rows:
         d = r["diagnosis"]
@@ -183,6 +191,7 @@ def write_table(rows: list[dict], out: Path, setup: str) -> str:
         lines.append(f"| {r['step']} | {100 * r['val_top1_error']:.2f}% | {relative} | "
                      f"{' / '.join(f'{100 * e:.1f}' for e in r['seed_errors'])} | "
                      f"{' / '.join(percent(d[f'val_error_{name}']) for name in SHOT_GROUPS)} | "
+                     f"{percent(d['val_error_posthoc'])} / {percent(d['val_error_posthoc_few'])} | "
                      f"{percent(d['noisy_fitted'])} | {percent(d['clean_train_error'])} |")
     detection = next((r["o2u_noise_detection"] for r in rows if r.get("o2u_noise_detection")), None)
     if detection:

@@ -63,8 +63,12 @@ def shot_group_errors(wrong: np.ndarray, counted: np.ndarray, labels: np.ndarray
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Loader, num_samples: int, device: torch.device) -> Evaluation:
-    """One whole pass of `loader` (an evaluation loader over a split of `num_samples`) through `model`."""
+def evaluate(model: torch.nn.Module, loader: Loader, num_samples: int, device: torch.device,
+             adjust: torch.Tensor | None = None) -> Evaluation:
+    """One whole pass of `loader` (an evaluation loader over a split of `num_samples`) through `model`. With
+    `adjust` [C] the predicted class is the arg-max of the logits minus it (post-hoc logit adjustment, Menon et
+    al. 2021: adjust = tau·log prior); the label's probability and cross entropy stay the model's own."""
+    offset = adjust.to(device) if adjust is not None else 0.0
     loader.rewind()
     was_training = model.training
     model.eval()
@@ -74,7 +78,7 @@ def evaluate(model: torch.nn.Module, loader: Loader, num_samples: int, device: t
         label_log_prob = log_probs.gather(1, batch.labels[:, None]).squeeze(1).double()
         idx = batch.indices.to(device)
         rows[0, idx] = 1.0
-        rows[1, idx] = log_probs.argmax(-1).double()
+        rows[1, idx] = (log_probs - offset).argmax(-1).double()
         rows[2, idx] = label_log_prob.exp()
         rows[3, idx] = -label_log_prob
     model.train(was_training)

@@ -72,7 +72,7 @@ def test_every_step_and_seed_ran_with_cumulative_settings(ladder):
         assert r["diagnosis"]["noisy_fitted"] is not None and r["diagnosis"]["val_error_few"] is not None
     detection = rows[len(STEPS) - 1]["o2u_noise_detection"]  # one SGDR cycle in one epoch
     assert len(detection) == 1 and detection[0]["samples"] == 48 and "AUROC per SGDR cycle" in table
-    assert "Cleaning removed" in table  # the cleaning row is no longer the last
+    assert "Cleaning removed" in table and "post-hoc logit adjustment" in table  # cleaning is no longer the last row
 
 
 def test_a_rerun_resumes_without_training(ladder, capsys):

@@ -45,6 +45,15 @@ def test_evaluate_matches_a_plain_loop_and_leaves_out_images_that_fail(manifest_
     np.testing.assert_allclose(result.conf[indices.numpy()], logits.softmax(1).gather(1, labels[:, None]).squeeze(1),
                                rtol=1e-5)
 
+    # post-hoc logit adjustment: the arg-max of the logits minus tau·log prior; conf and loss stay the model's own
+    prior = torch.arange(1, logits.shape[1] + 1, dtype=torch.float64)
+    adjust = 3.0 * (prior / prior.sum()).log()  # tau 3: strong enough to move some predictions
+    adjusted = evaluate(model, loader, len(split), torch.device("cpu"), adjust.float())
+    expected = (logits - adjust).argmax(1).numpy()
+    np.testing.assert_array_equal(adjusted.pred[indices.numpy()], expected)
+    assert (expected != logits.argmax(1).numpy()).any()  # the check has teeth
+    np.testing.assert_array_equal(adjusted.conf, result.conf)
+
 
 def test_shot_group_errors_count_each_class_by_its_training_images():
     """Classes with > 100 / 20-100 / < 20 training images; each group's error over its loaded validation images."""
