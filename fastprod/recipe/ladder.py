@@ -5,17 +5,18 @@ prepared dataset.
     fastprod ladder --out runs/ladder [--seeds 2] [--config configs/ladder.yaml] [--set key=value ...]
     fastprod ladder --manifest DIR [--noise-truth FILE] --out runs/my-ladder ...
 
-Steps: baseline (rotation + random-sized crop, SGD momentum, SGDR) -> + cutout, perspective, flip
--> + weight decay 3e-4 -> + dropout 0.5 -> + SCE -> + O2U weights -> + 2-fold cleaning and a
-finetune of the previous step's model on the balanced subset; then the long-tail options, each added to
-the O2U step's settings and trained from scratch (`TAIL_STEPS`: class-aware sampling, then the logit-adjusted
-loss). Writes
-`ladder.md` and `ladder.json` (validation top-1 error per step: the mean over `--seeds` training seeds,
-and each seed's; the many / medium / few-shot split of `fastprod.train.evaluate.SHOT_GROUPS`) under
-`--out`. The noise-detection figures (O2U's AUROC, what cleaning removed) need the true labels: the
-synthetic dataset's `noise.json`, or `--noise-truth FILE` with {image_id: true class_id} for the training
-images (those it leaves out count as correctly labelled). One seed's differences are mostly noise at this size (seeds of one step differ by several
-points), hence the mean. Every run is an ordinary, resumable run directory
+First the reference: plain cross entropy on unaugmented images, uniform sampling (`REFERENCE`). Then the
+seed's steps: baseline (rotation + random-sized crop, SGD momentum, SGDR) -> + cutout, perspective, flip
+-> + weight decay 3e-4 -> + dropout 0.5 -> + SCE -> + O2U weights -> + 2-fold cleaning and a finetune of the
+previous step's model on the balanced subset. Then the long-tail options (`TAIL_STEPS`), each trained from
+scratch on the O2U step's or the reference's settings: class-aware sampling, the logit-adjusted loss. Writes
+`ladder.md` and `ladder.json` (validation top-1 error per step: the mean over `--seeds` training seeds, each
+seed's, and relative to the reference; the many / medium / few-shot split of
+`fastprod.train.evaluate.SHOT_GROUPS`; the error after post-hoc logit adjustment) under `--out`. The
+noise-detection figures (O2U's AUROC, what cleaning removed) need the true labels: the synthetic dataset's
+`noise.json`, or `--noise-truth FILE` with {image_id: true class_id} for the training images (those it leaves
+out count as correctly labelled). One seed's differences are mostly noise at this size (seeds of one step
+differ by several points), hence the mean. Every run is an ordinary, resumable run directory
 (`step-N/seed-S`), so an interrupted ladder continues where it stopped.
 """
 
@@ -54,12 +55,14 @@ CLEANING = ("+ 2-fold cleaning, finetune on the balanced subset", [])  # trains 
 # whole image at its aspect ratio instead of a random-sized crop), uniform sampling (step `reference`)
 REFERENCE = ("reference: plain cross entropy, no augmentation", [
     "data.augment.rotation_p=0", "data.augment.crop_scale=[1.0,1.0]", "data.augment.crop_ratio=[1.0,1.0]"])
-# beyond the seed: the long tail, where the ladder shows the error left; each is one alternative added to the O2U
-# step's settings (not to each other) and trained from scratch
+# beyond the seed: the long tail, where the ladder shows the error left; each is one alternative trained from
+# scratch, added to the settings of the O2U step ("o2u") or of the reference ("reference"), not to each other
 TAIL_STEPS = [
-    ("+ class-aware sampling (sqrt of class frequency)", ["data.sampler=sqrt"]),
-    ("+ logit-adjusted loss (tau 1: balanced softmax)", ["loss.logit_adjust_tau=1"]),
-    ("+ logit-adjusted loss, without dropout", ["loss.logit_adjust_tau=1", "model.drop_rate=0"]),
+    ("+ class-aware sampling (sqrt of class frequency)", "o2u", ["data.sampler=sqrt"]),
+    ("+ logit-adjusted loss (tau 1: balanced softmax)", "o2u", ["loss.logit_adjust_tau=1"]),
+    ("+ logit-adjusted loss, without dropout", "o2u", ["loss.logit_adjust_tau=1", "model.drop_rate=0"]),
+    ("reference + logit-adjusted loss (tau 1)", "reference", ["loss.logit_adjust_tau=1"]),
+    ("reference + logit-adjusted loss + O2U weights", "reference", ["loss.logit_adjust_tau=1", "o2u.enabled=true"]),
 ]
 
 
@@ -108,12 +111,13 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
     last = len(STEPS) - 1  # the O2U step
 
     def settings(step: int | str) -> list[str]:
-        """The step's overrides: the seed's steps are cumulative, each tail step is added to the O2U step."""
+        """The step's overrides: the seed's steps are cumulative, each tail step is added to its base's."""
         if step == "reference":
             return REFERENCE[1]
         if step <= last + 1:  # the cleaning finetune trains the O2U step's models on
             return [o for _, step_overrides in STEPS[: step + 1] for o in step_overrides]
-        return [*settings(last), *TAIL_STEPS[step - last - 2][1]]
+        _, base, own = TAIL_STEPS[step - last - 2]
+        return [*settings(last if base == "o2u" else "reference"), *own]
 
     def cfg_for(step: int | str, seed: int, extra: list[str]) -> Config:
         return load_config(config, [*BASELINE, *settings(step), *overrides, f"data.manifest={manifest}",
@@ -138,7 +142,7 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
         f"data.batch_size={max(1, min(16, report['balanced']))}"]) for seed in range(seeds)]
     rows.append(row(f"{CLEANING[0]} (top-{k} per class)", last + 1, finetunes, cleaning=report))
     rows += [row(name, step, [cfg_for(step, seed, []) for seed in range(seeds)])
-             for step, (name, _) in enumerate(TAIL_STEPS, start=last + 2)]
+             for step, (name, *_) in enumerate(TAIL_STEPS, start=last + 2)]
     for r in rows:  # why a step helps or not: what the final models fit and where they err
         per_seed = [diagnose(Path(r["run"]) / f"seed-{seed}", manifest, noisy, dist) for seed in range(seeds)]
         r["diagnosis"] = {key: float(np.mean([d[key] for d in per_seed])) if per_seed[0][key] is not None else None

@@ -42,17 +42,19 @@ def test_every_step_and_seed_ran_with_cumulative_settings(ladder):
     cleaning = len(STEPS)
     assert reference["step"] == REFERENCE[0] and reference["run"] == str(out / "step-reference")
     assert [r["step"] for r in rows[:cleaning]] == [name for name, _ in STEPS] and "cleaning" in rows[cleaning]["step"]
-    assert [r["step"] for r in rows[cleaning + 1:]] == [name for name, _ in TAIL_STEPS]
+    assert [r["step"] for r in rows[cleaning + 1:]] == [name for name, *_ in TAIL_STEPS]
     for step, r in [("reference", reference), *enumerate(rows)]:
         assert len(r["seed_errors"]) == 2 and r["val_top1_error"] == pytest.approx(np.mean(r["seed_errors"]))
         for seed in range(2):
             cfg = load_config(out / f"step-{step}" / f"seed-{seed}" / "resolved.yaml")
             assert cfg.run.seed == seed
-            if step == "reference":  # plain CE on whole, unaugmented images
+            on_reference = step == "reference" or step > cleaning and TAIL_STEPS[step - cleaning - 1][1] == "reference"
+            if on_reference:  # plain CE on whole, unaugmented images (+ a tail step's own settings)
                 augment = cfg.data.augment
                 assert augment.rotation_p == augment.hflip_p == augment.cutout_p == augment.perspective_p == 0
                 assert augment.crop_scale == augment.crop_ratio == (1.0, 1.0) and cfg.model.drop_rate == 0
-                assert cfg.loss.name == "ce" and not cfg.o2u.enabled and cfg.data.sampler == "uniform"
+                assert cfg.loss.name == "ce" and cfg.data.sampler == "uniform"
+                assert cfg.o2u.enabled == (step == cleaning + 5) and cfg.loss.logit_adjust_tau == (step != "reference")
                 continue
             tail = step > cleaning  # each tail step: the O2U step's settings and its own
             assert (cfg.data.augment.hflip_p > 0) == (step >= 1)
