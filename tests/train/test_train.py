@@ -161,6 +161,8 @@ def test_torchrun_two_ranks_zero2(manifest_dir, tmp_path):
     reference, zero2 = tmp_path / "ref", tmp_path / "z2"
     summary = json.loads((zero2 / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert len(summary["peak_mem_gib_per_rank"]) == 2 and summary["peak_mem_gib_per_rank"][0] == summary["peak_mem_gib"]
+    assert all(0.1 < peak < 10 for peak in summary["peak_mem_gib_per_rank"])  # each process's own RSS, torch in it
     ref, fused = (torch.load(run / "final" / "model.pt", weights_only=True) for run in (reference, zero2))
     assert ref.keys() == fused.keys()
     for key in ref:  # float32 sums in another order (chunked head, reduce-scatter): rounding, no more
