@@ -18,6 +18,7 @@ import torch
 
 from fastprod.config import load_config
 from fastprod.data.manifest import Manifest
+from fastprod.train.checkpoint import DEEPSPEED_SAFE_GLOBALS
 from training import BIN, ROOT, env, launch, write_config
 
 pytestmark = pytest.mark.e2e  # trains, launches processes or compiles
@@ -169,7 +170,17 @@ def test_torchrun_two_ranks_zero2(manifest_dir, tmp_path):
         torch.testing.assert_close(fused[key], ref[key], rtol=1e-4, atol=1e-5, msg=key)
     assert [ln["loss"] for ln in train_lines(zero2)] == pytest.approx([ln["loss"] for ln in train_lines(reference)],
                                                                       rel=1e-5)
-    # resume from step 2: each rank's optimizer shard (the momentum of its half of the head) is restored
+    # the optimizer state is partitioned: each rank's shard holds the momentum of half of the parameters
+    params = sum(v.numel() for k, v in fused.items() if not k.endswith(("running_mean", "running_var", "_tracked")))
+    shards = []
+    for rank in (0, 1):
+        with torch.serialization.safe_globals(DEEPSPEED_SAFE_GLOBALS):
+            shards.append(torch.load(zero2 / "checkpoints" / "step-000000004" / f"zero_pp_rank_{rank}_mp_rank_00_optim"
+                                     f"_states.pt", weights_only=True)["optimizer_state_dict"])
+    held = [sum(s["momentum_buffer"].numel() for s in shard["base_optimizer_state"]["state"].values())
+            for shard in shards]
+    assert held[0] == held[1] and sum(held) == params + sum(sum(shard["group_paddings"]) for shard in shards)
+    # resume from step 2: each rank's optimizer shard is restored
     shutil.rmtree(zero2 / "checkpoints" / "step-000000004")
     shutil.rmtree(zero2 / "final")
     (zero2 / "summary.json").unlink()
