@@ -383,6 +383,10 @@ class Trainer:
 
     def _summary(self, elapsed: float) -> dict:
         dropped = int(all_reduce([self.train_loader.failures_total], self.dist.device)[0])
+        # each rank's own peak (ZeRO partitions optimizer state and gradients: what it saves shows per rank)
+        peaks = [0.0] * self.dist.world
+        peaks[self.dist.rank] = peak_memory_gib(self.dist.device)
+        peaks = all_reduce(peaks, self.dist.device)
         return {
             "val_top1_error": self.last_val.get("top1_error"), "val_loss": self.last_val.get("loss"),
             **{f"val_{key}": value for key, value in self.last_val.items() if key.startswith(("top1_error_", "classes_"))},
@@ -394,7 +398,7 @@ class Trainer:
             "wall_time_s": round(elapsed, 2), "train_img_per_s": round(self.meter.img_per_s, 2),
             "mfu": round(self._mfu(self.meter.img_per_s), 4),
             "flops_per_image": self.flops_per_image, "peak_flops_per_device": self.peak_flops,
-            "peak_mem_gib": round(peak_memory_gib(self.dist.device), 3),
+            "peak_mem_gib": round(peaks[0], 3), "peak_mem_gib_per_rank": [round(p, 3) for p in peaks],
             "final_weights": str(self.checkpointer.final_dir / "model.pt"),
         }
 
