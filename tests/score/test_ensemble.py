@@ -171,6 +171,23 @@ def test_ensemble_commands(tmp_path, capsys):
     assert "shape" in one_error_line(capsys, "ensemble apply")
 
 
+def test_fit_and_apply_show_a_bar_per_pass_over_the_rows(tmp_path, capsys):
+    """As a user runs them: `ensemble fit` shows its arg-max pass over all 100 rows and its pass over the 30
+    held-out ones, `ensemble apply` its pass over the rows, on stderr; --no-progress shows none."""
+    from fastprod.cli import main
+
+    paths, _ = specialists(tmp_path, n_per_class=10)
+    preds = ["--preds", *map(str, paths)]
+    fit_args = ["ensemble", "fit", *preds, "--labels", str(paths[0]), "--out", str(tmp_path / "w.npz")]
+    apply_args = ["ensemble", "apply", "--weights", str(tmp_path / "w.npz"), *preds, "--out", str(tmp_path / "out")]
+    assert main(fit_args) == 0
+    err = capsys.readouterr().err
+    assert "arg-max: 100%" in err and "100/100" in err and "held-out: 100%" in err and "30/30" in err, err
+    assert main(apply_args) == 0
+    assert "ensemble: 100%" in capsys.readouterr().err
+    assert main([*fit_args, "--no-progress"]) == 0 and main([*apply_args, "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
 def test_preds_reject_mismatched_inputs(tmp_path):
     a = write_preds(tmp_path / "a", np.full((4, 3), 1 / 3))
     b = write_preds(tmp_path / "b", np.full((5, 3), 1 / 3))
