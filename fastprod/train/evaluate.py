@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from fastprod.data.loaders import Loader
 from fastprod.train.distributed import all_reduce, all_reduce_tensor
@@ -63,20 +64,25 @@ def shot_group_errors(wrong: np.ndarray, counted: np.ndarray, labels: np.ndarray
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Loader, num_samples: int, device: torch.device) -> Evaluation:
-    """One whole pass of `loader` (an evaluation loader over a split of `num_samples`) through `model`."""
+def evaluate(model: torch.nn.Module, loader: Loader, num_samples: int, device: torch.device,
+             progress: str | None = None) -> Evaluation:
+    """One whole pass of `loader` (an evaluation loader over a split of `num_samples`) through `model`;
+    `progress`: the label of a progress bar over this rank's batches (None: no bar)."""
     loader.rewind()
     was_training = model.training
     model.eval()
     rows = torch.zeros(4, num_samples, dtype=torch.float64, device=device)  # loaded, pred, conf, ce
-    for batch in loader:
-        log_probs = model(batch.images).float().log_softmax(-1)
-        label_log_prob = log_probs.gather(1, batch.labels[:, None]).squeeze(1).double()
-        idx = batch.indices.to(device)
-        rows[0, idx] = 1.0
-        rows[1, idx] = log_probs.argmax(-1).double()
-        rows[2, idx] = label_log_prob.exp()
-        rows[3, idx] = -label_log_prob
+    with tqdm(total=len(loader), desc=progress, unit="batch", disable=progress is None, dynamic_ncols=True) as bar:
+        for batch in loader:
+            log_probs = model(batch.images).float().log_softmax(-1)
+            label_log_prob = log_probs.gather(1, batch.labels[:, None]).squeeze(1).double()
+            idx = batch.indices.to(device)
+            rows[0, idx] = 1.0
+            rows[1, idx] = log_probs.argmax(-1).double()
+            rows[2, idx] = label_log_prob.exp()
+            rows[3, idx] = -label_log_prob
+            bar.update(loader.batches_done - bar.n)  # with the batches before it that failed whole
+        bar.update(loader.batches_done - bar.n)
     model.train(was_training)
     rows = all_reduce_tensor(rows).cpu().numpy()
     failures = int(all_reduce([loader.failures], device)[0])
