@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from fastprod.data.manifest import Manifest, class_members
 from fastprod.files import atomic_write, release_rows, write_json
 from fastprod.score.engine import cli_errors
 
@@ -145,8 +146,6 @@ def load_labels(source: str | Path, preds: list[Preds], split: str = "val") -> n
         table = pq.read_table(source / "images.parquet")
         return _labels_by_path(source, table["path"].to_pylist(), table["label"].to_numpy().astype(np.int64),
                                _class_ids(source), preds[0])
-    from fastprod.data.manifest import Manifest
-
     manifest = Manifest.load(source)
     view = manifest.split(split)
     return _labels_by_path(source, view.paths, view.labels, manifest.class_ids, preds[0])
@@ -239,8 +238,8 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.nda
     """Boolean mask of held-out rows: round(fraction * n_c) per class, never a class's only sample."""
     rng = np.random.default_rng(seed)
     held = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
+    for members in class_members(labels):
+        members = rng.permutation(members)
         take = min(int(round(fraction * len(members))), len(members) - 1)
         held[members[:take]] = True
     return held
