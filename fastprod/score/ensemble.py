@@ -187,7 +187,9 @@ def rows_per_chunk(floats_per_row: int, budget: int = CHUNK_BYTES) -> int:
 def argmax_and_finite(preds: list[Preds], budget: int = CHUNK_BYTES, progress: bool = False
                       ) -> tuple[np.ndarray, np.ndarray]:
     """[M, N] arg-max class per model and [N] whether every model's row is finite, one model's chunk of rows
-    in float32 at a time (with its copy without NaN and its finiteness mask)."""
+    in float32 at a time (and a copy without NaN where the chunk has a non-finite value). A row is finite when
+    its float64 sum is: C float32 values cannot overflow it, and NaN or inf make it NaN or inf (one reduction,
+    ~30x cheaper than an elementwise mask)."""
     n, C = preds[0].shape
     chunk = rows_per_chunk(3 * C, budget)
     arg = np.empty((len(preds), n), dtype=np.int64)
@@ -196,8 +198,9 @@ def argmax_and_finite(preds: list[Preds], budget: int = CHUNK_BYTES, progress: b
         for lo, hi in _chunks(n, chunk):
             for m, p in enumerate(preds):
                 x = _tensor(p.probs[lo:hi]).float()
-                finite[lo:hi] &= torch.isfinite(x).all(1).numpy()
-                arg[m, lo:hi] = x.nan_to_num(-1.0).argmax(1).numpy()
+                ok = torch.isfinite(x.sum(1, dtype=torch.float64)).numpy()
+                finite[lo:hi] &= ok
+                arg[m, lo:hi] = (x if ok.all() else x.nan_to_num(-1.0)).argmax(1).numpy()
                 release_rows(p.probs, lo, hi)
             bar.update(hi - lo)
     return arg, finite

@@ -149,6 +149,23 @@ def test_fit_ignores_unlabelled_and_missing_rows(tmp_path):
     assert result["fit_rows"] == len(labels) - 9
 
 
+def test_argmax_and_finite_flags_every_non_finite_row(tmp_path):
+    """NaN, +inf and -inf rows (alone or with others) are not finite, rows of float16's largest values are; the
+    arg-max of a finite row is numpy's, in chunks of 2 rows."""
+    from fastprod.score.ensemble import argmax_and_finite
+
+    rng = np.random.default_rng(4)
+    probs = random_probs(rng, 2, 9, 7)
+    probs[0, 1, 3], probs[1, 2, 0], probs[0, 4, 6] = np.nan, np.inf, -np.inf
+    probs[1, 6] = [np.inf, -np.inf, np.nan, 0, 0, 0, 0]
+    probs[:, 7] = np.finfo(np.float16).max  # finite, and a float16 sum of them would not be
+    preds = load_preds([write_preds(tmp_path / f"p{m}", probs[m]) for m in range(2)])
+    arg, finite = argmax_and_finite(preds, budget=4 * 3 * 7 * 2)
+    expected = np.isfinite(probs).all(axis=(0, 2))
+    np.testing.assert_array_equal(finite, expected)
+    assert finite.sum() == 5
+    np.testing.assert_array_equal(arg[:, expected], probs[:, expected].astype(np.float64).argmax(2))
+
 def test_ensemble_commands(tmp_path, capsys):
     from fastprod.cli import main
 
@@ -487,7 +504,7 @@ def test_rare_classes_holdout_never_takes_a_class_only_image(rare):
 
 def test_rare_classes_fit_matches_a_float64_reference(rare):
     paths, probs, labels, arg = rare
-    grid, shrinks = (0.0, 1.0, 4.0, 16.0), (0.0, 2.0)
+    grid, shrinks = (0.0, 2.0, 16.0), (0.0, 2.0)
     result = fit(load_preds(paths), labels, holdout=0.3, min_count=2, shrinks=shrinks, grid=grid)
     held = stratified_holdout(labels, 0.3, seed=0)
     expected = float64_holdout_errors(probs, labels, held, min_count=2, grid=list(grid), shrinks=shrinks)
