@@ -67,12 +67,14 @@ def shot_group_errors(wrong: np.ndarray, counted: np.ndarray, labels: np.ndarray
 def evaluate(model: torch.nn.Module, loader: Loader, num_samples: int, device: torch.device,
              progress: str | None = None) -> Evaluation:
     """One whole pass of `loader` (an evaluation loader over a split of `num_samples`) through `model`;
-    `progress`: the label of a progress bar over this rank's batches (None: no bar)."""
+    `progress`: the label of a progress bar over this rank's batches (None: no bar), left on the screen when
+    it is the only bar (clean's predictions), cleared when under the training bar (validation)."""
     loader.rewind()
     was_training = model.training
     model.eval()
     rows = torch.zeros(4, num_samples, dtype=torch.float64, device=device)  # loaded, pred, conf, ce
-    with tqdm(total=len(loader), desc=progress, unit="batch", disable=progress is None, dynamic_ncols=True) as bar:
+    with tqdm(total=len(loader), desc=progress, unit="batch", disable=progress is None, dynamic_ncols=True,
+              leave=None) as bar:
         for batch in loader:
             log_probs = model(batch.images).float().log_softmax(-1)
             label_log_prob = log_probs.gather(1, batch.labels[:, None]).squeeze(1).double()
