@@ -276,8 +276,9 @@ def fit(preds: list[Preds], labels: np.ndarray, *, scaling: str = "power", grid:
     """Choose the scaling value (and shrinkage, when several `shrinks` are given) on a held-out part, then
     fit the per-class weights on all fitting rows. The float16 memmaps are read in chunks of rows holding at
     most `budget` bytes of float32 (never [N, C] in float32: 30 GB at 150k x 50,030); the result does not
-    depend on `budget`. `progress`: a bar for each of the two passes over the rows (the arg-max of every
-    row, the candidates' errors on the held-out rows)."""
+    depend on `budget`. With nothing held out (every class a single image, or `holdout` 0) the held-out
+    errors are NaN and the first grid value is taken. `progress`: a bar for each of the two passes over the
+    rows (the arg-max of every row, the candidates' errors on the held-out rows)."""
     grid = tuple(grid or (POWERS if scaling == "power" else TEMPERATURES))
     shrinks = tuple(float(k) for k in shrinks)
     num_classes = preds[0].shape[1]
@@ -292,9 +293,11 @@ def fit(preds: list[Preds], labels: np.ndarray, *, scaling: str = "power", grid:
     for k in shrinks:
         acc_a, _, _ = per_class_accuracy(arg[:, usable[~held]], y[~held], num_classes, min_count, k)
         candidates += [class_weights(acc_a, scaling, v) for v in grid]
-    errors = (ensemble_errors(preds, usable[held], labels, candidates, budget, progress) if held.any()
-              else np.zeros(len(pairs)))
-    best = int(np.argmin(errors))  # ties: the first (least shrinkage, smallest power / largest temperature)
+    if held.any():
+        errors = ensemble_errors(preds, usable[held], labels, candidates, budget, progress)
+        best = int(np.argmin(errors))  # ties: the first (least shrinkage, smallest power / largest temperature)
+    else:  # no class could spare an image (or holdout 0): errors unknown; the first value (power: the plain average)
+        errors, best = np.full(len(pairs), np.nan), 0
     shrink, value = pairs[best]
     acc, counts, global_acc = per_class_accuracy(arg[:, usable], y, num_classes, min_count, shrink)
     single = [(arg[m, usable[held]] != y[held]).mean() if held.any() else float("nan") for m in range(len(preds))]
@@ -449,8 +452,11 @@ def _fit_cli(args) -> int:
     result = fit(preds, labels, scaling=args.scaling, holdout=args.holdout, min_count=args.min_count, seed=args.seed,
                  shrinks=tuple(args.shrink), progress=not args.no_progress)
     save_weights(result, args.out)
-    print(json.dumps({k: result[k] for k in ("scaling", "value", "shrink", "grid", "shrinks", "holdout_errors",
-                                              "single_model_holdout_errors", "fit_rows", "holdout_rows")}))
+    shown = {k: result[k] for k in ("scaling", "value", "shrink", "grid", "shrinks", "holdout_errors",
+                                    "single_model_holdout_errors", "fit_rows", "holdout_rows")}
+    for key in ("holdout_errors", "single_model_holdout_errors"):  # NaN (nothing held out): null in JSON
+        shown[key] = [None if np.isnan(e) else e for e in shown[key]]
+    print(json.dumps(shown))
     return 0
 
 

@@ -517,6 +517,25 @@ def test_rare_classes_fit_matches_a_float64_reference(rare):
     np.testing.assert_allclose(result["weights"], class_weights(acc, "power", result["value"]), rtol=1e-6, atol=1e-7)
 
 
+def test_nothing_held_out_reports_no_errors(tmp_path, capsys):
+    """One image per class (or --holdout 0): no class can spare one, so nothing is held out. The held-out errors
+    are unknown (NaN, as the single models'), not 0.0, which would read as a perfect ensemble; the first grid value
+    (the plain average) is taken."""
+    from fastprod.cli import main
+
+    rng = np.random.default_rng(9)
+    labels = np.arange(40)
+    probs = random_probs(rng, 2, 40, 40)
+    paths = [write_preds(tmp_path / f"m{m}", probs[m], labels) for m in range(2)]
+    for holdout in (0.3, 0.0):
+        result = fit(load_preds(paths), labels, holdout=holdout, min_count=1, progress=False)
+        assert result["holdout_rows"] == 0 and np.isnan(result["holdout_errors"]).all()
+        assert np.isnan(result["single_model_holdout_errors"]).all() and result["value"] == 0.0
+        np.testing.assert_allclose(result["weights"], 0.5)
+    assert main(["ensemble", "fit", "--preds", *map(str, paths), "--labels", str(paths[0]),
+                 "--out", str(tmp_path / "w.npz"), "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["holdout_errors"] == [None] * 8  # null in the printed JSON
+
 def test_rare_classes_apply_gives_the_float64_top1(rare, tmp_path):
     from fastprod.cli import main
 
