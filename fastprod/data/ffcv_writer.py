@@ -8,7 +8,8 @@ loader) and `ok` (0 for a file that could not be decoded, or that `load_rgb` ref
 for its aspect ratio or pixel count: stored as a placeholder, dropped and quarantined by the loader).
 Images are decoded with `images.load_rgb`, as the PIL backend does.
 A sidecar `<split>.beton.json` records the split's size and a hash of its paths; the loader refuses
-a .beton written for other rows. FFCV shows a progress bar per split.
+a .beton written for other rows. A progress bar per split (FFCV's, labelled with the split's name;
+`--no-progress`: none).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import argparse
 import hashlib
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from fastprod.data.augment import MEAN_UINT8
 from fastprod.data.images import ImageError, load_rgb
@@ -53,9 +56,10 @@ class _Rows:
 
 def write_beton(
     split: SplitView, path: str | Path, *, max_resolution: int = 512, jpeg_quality: int = 90,
-    write_mode: str = "jpg", workers: int = -1,
+    write_mode: str = "jpg", workers: int = -1, progress: bool = True,
 ) -> Path:
     """Write `split` to `path` (and `path`.json); returns the path."""
+    import ffcv.writer
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -66,8 +70,14 @@ def write_beton(
         "label": IntField(), "index": IntField(), "ok": IntField(),
     }
     rows = _Rows(split)
-    atomic_write(path, lambda tmp: DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(
-        rows, chunksize=64))
+    ffcv_bar = ffcv.writer.tqdm  # the writer draws its own bar over the samples its workers report done,
+    # unlabelled and always on: labelled here like fastprod's bars, and off with `progress` False
+    ffcv.writer.tqdm = partial(tqdm, desc=split.name, unit="img", dynamic_ncols=True, disable=not progress)
+    try:
+        atomic_write(path, lambda tmp: DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(
+            rows, chunksize=64))
+    finally:
+        ffcv.writer.tqdm = ffcv_bar
     meta = {"split": split.name, "images": len(split), "paths_sha1": paths_digest(split),
             "max_resolution": max_resolution, "jpeg_quality": jpeg_quality, "write_mode": write_mode,
             "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -96,7 +106,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"write-ffcv: {err}")
             return 2
         path = write_beton(split, out / f"{name}.beton", max_resolution=args.max_resolution,
-                           jpeg_quality=args.jpeg_quality, write_mode=args.write_mode, workers=args.workers)
+                           jpeg_quality=args.jpeg_quality, write_mode=args.write_mode, workers=args.workers,
+                           progress=not args.no_progress)
         print(f"{name}: {len(split)} images -> {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
@@ -111,4 +122,5 @@ def register(subparsers) -> None:
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--write-mode", choices=("jpg", "raw", "smart", "proportion"), default="jpg")
     p.add_argument("--workers", type=int, default=-1, help="writer processes (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (on stderr)")
     p.set_defaults(func=_run)

@@ -80,6 +80,15 @@ class Strings(Sequence[str]):
     __hash__ = None
 
 
+def class_members(labels: np.ndarray) -> list[np.ndarray]:
+    """The indices of each class's samples, ascending, classes in increasing order: `np.flatnonzero(labels == c)`
+    for each c of `np.unique(labels)`, from one stable sort (O(N log N), not O(N x C): at 3M images of 50,030
+    classes, seconds against minutes). The per-class draws of cleaning and of the ensemble's holdout."""
+    order = np.argsort(labels, kind="stable")
+    starts = np.flatnonzero(np.diff(labels[order])) + 1
+    return np.split(order, starts) if len(labels) else []
+
+
 @dataclass(frozen=True)
 class SplitView:
     """The rows of one split, in manifest order, as the loaders consume them. A loaded manifest's views

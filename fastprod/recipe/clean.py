@@ -43,7 +43,7 @@ import torch
 
 from fastprod.config import Config, ConfigError
 from fastprod.data.loaders import create_loader
-from fastprod.data.manifest import Manifest, SplitView
+from fastprod.data.manifest import Manifest, SplitView, class_members
 from fastprod.train.distributed import Dist, barrier
 from fastprod.train.evaluate import evaluate
 
@@ -52,8 +52,8 @@ def stratified_halves(labels: np.ndarray, seed: int) -> np.ndarray:
     """Fold id (0 or 1) per sample: each class split in half in a seeded random order."""
     rng = np.random.default_rng(seed)
     fold = np.zeros(len(labels), dtype=np.int64)
-    for cls in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == cls))
+    for members in class_members(labels):
+        members = rng.permutation(members)
         fold[members[rng.integers(2)::2]] = 1  # which half gets the odd one out is random too
     return fold
 
@@ -70,11 +70,11 @@ def agreement(labels: np.ndarray, pred: np.ndarray, conf: np.ndarray, classes: i
 def balanced_subset(labels: np.ndarray, confidence: np.ndarray, agree: np.ndarray, k: int) -> np.ndarray:
     """Per class, its k agreeing samples with the highest confidence, filled up with its most confident
     other samples when fewer than k agree (ties: lower index first)."""
+    order = np.lexsort((-confidence, ~agree, labels))  # by class; in it agreeing first, then by confidence
+    grouped = labels[order]
+    rank = np.arange(len(order)) - np.searchsorted(grouped, grouped)  # the place of each in its class
     chosen = np.zeros(len(labels), dtype=bool)
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        order = members[np.lexsort((-confidence[members], ~agree[members]))]  # agreeing first, then by confidence
-        chosen[order[:k]] = True
+    chosen[order[rank < k]] = True
     return chosen
 
 
@@ -121,10 +121,12 @@ def per_class_report(labels: np.ndarray, threshold: np.ndarray, agree: np.ndarra
 def predict(model: torch.nn.Module, split: SplitView, cfg: Config, dist: Dist,
             adjust: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Arg-max class (-1 if the image failed to load; of the logits minus `adjust` when given) and the
-    probability of the given label per sample, gathered from all ranks."""
+    probability of the given label per sample, gathered from all ranks; a progress bar (`run.progress`, main
+    rank) over the pass (1.5M images per fold on AliProducts)."""
     loader = create_loader(split, cfg.data, train=False, rank=dist.rank, world=dist.world, seed=cfg.run.seed,
                            device=dist.device, channels_last=cfg.model.channels_last)
-    result = evaluate(model, loader, len(split), dist.device, adjust)
+    bar = f"predict {split.name}" if dist.is_main and cfg.run.progress else None
+    result = evaluate(model, loader, len(split), dist.device, progress=bar, adjust=adjust)
     return result.pred, result.conf
 
 

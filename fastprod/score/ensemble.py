@@ -1,8 +1,8 @@
 """Class-based weighted ensemble (seed section 6, model ensemble), vectorised and streamed from float16 memmaps.
 
     fastprod ensemble fit   --preds P1 P2 ... --labels VAL [--split val] --out W.npz
-                            [--scaling power|softmax] [--holdout 0.3] [--min-count 5]
-    fastprod ensemble apply --weights W.npz|uniform --preds P1 P2 ... --out DIR [--topk 5] [--probs]
+                            [--scaling power|softmax] [--holdout 0.3] [--min-count 5] [--no-progress]
+    fastprod ensemble apply --weights W.npz|uniform --preds P1 P2 ... --out DIR [--topk 5] [--probs] [--no-progress]
 
 Each P is a `fastprod score --probs` directory (probs.npy float16 [N, C], images.parquet, meta.json)
 or a bare .npy. Rows are keyed by image path (images.parquet `path`; image ids repeat across classes
@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from fastprod.data.manifest import Manifest, class_members
 from fastprod.files import atomic_write, release_rows, write_json
 from fastprod.score.engine import cli_errors
 
@@ -145,8 +146,6 @@ def load_labels(source: str | Path, preds: list[Preds], split: str = "val") -> n
         table = pq.read_table(source / "images.parquet")
         return _labels_by_path(source, table["path"].to_pylist(), table["label"].to_numpy().astype(np.int64),
                                _class_ids(source), preds[0])
-    from fastprod.data.manifest import Manifest
-
     manifest = Manifest.load(source)
     view = manifest.split(split)
     return _labels_by_path(source, view.paths, view.labels, manifest.class_ids, preds[0])
@@ -185,19 +184,25 @@ def rows_per_chunk(floats_per_row: int, budget: int = CHUNK_BYTES) -> int:
     return max(1, budget // (4 * floats_per_row))
 
 
-def argmax_and_finite(preds: list[Preds], budget: int = CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+def argmax_and_finite(preds: list[Preds], budget: int = CHUNK_BYTES, progress: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """[M, N] arg-max class per model and [N] whether every model's row is finite, one model's chunk of rows
-    in float32 at a time (with its copy without NaN and its finiteness mask)."""
+    in float32 at a time (and a copy without NaN where the chunk has a non-finite value). A row is finite when
+    its float64 sum is: C float32 values cannot overflow it, and NaN or inf make it NaN or inf (one reduction
+    instead of an elementwise mask, which cost more than the rest of the pass)."""
     n, C = preds[0].shape
     chunk = rows_per_chunk(3 * C, budget)
     arg = np.empty((len(preds), n), dtype=np.int64)
     finite = np.ones(n, dtype=bool)
-    for lo, hi in _chunks(n, chunk):
-        for m, p in enumerate(preds):
-            x = _tensor(p.probs[lo:hi]).float()
-            finite[lo:hi] &= torch.isfinite(x).all(1).numpy()
-            arg[m, lo:hi] = x.nan_to_num(-1.0).argmax(1).numpy()
-            release_rows(p.probs, lo, hi)
+    with tqdm(total=n, unit="img", desc="arg-max", disable=not progress, dynamic_ncols=True) as bar:
+        for lo, hi in _chunks(n, chunk):
+            for m, p in enumerate(preds):
+                x = _tensor(p.probs[lo:hi]).float()
+                ok = torch.isfinite(x.sum(1, dtype=torch.float64)).numpy()
+                finite[lo:hi] &= ok
+                arg[m, lo:hi] = (x if ok.all() else x.nan_to_num(-1.0)).argmax(1).numpy()
+                release_rows(p.probs, lo, hi)
+            bar.update(hi - lo)
     return arg, finite
 
 
@@ -236,44 +241,48 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.nda
     """Boolean mask of held-out rows: round(fraction * n_c) per class, never a class's only sample."""
     rng = np.random.default_rng(seed)
     held = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
+    for members in class_members(labels):
+        members = rng.permutation(members)
         take = min(int(round(fraction * len(members))), len(members) - 1)
         held[members[:take]] = True
     return held
 
 
 def ensemble_errors(preds: list[Preds], rows: np.ndarray, labels: np.ndarray, weights: list[np.ndarray],
-                    budget: int = CHUNK_BYTES) -> np.ndarray:
+                    budget: int = CHUNK_BYTES, progress: bool = False) -> np.ndarray:
     """Top-1 error on `rows` of each candidate weight matrix [M, C], over chunks of rows whose M models in
     float32, their weighted products and sum fit in `budget` bytes."""
     W = torch.from_numpy(np.stack(weights)).float()  # [K, M, C]
     M, C = len(preds), preds[0].shape[1]
     chunk = rows_per_chunk((2 * M + 1) * C, budget)
     wrong = np.zeros(len(weights))
-    for lo, hi in _chunks(len(rows), chunk):
-        idx = rows[lo:hi]
-        X = torch.stack([_tensor(np.ascontiguousarray(p.probs[idx])).float() for p in preds])  # [M, b, C]
-        for p in preds:  # `rows` ascend: this chunk's rows lie in [idx[0], idx[-1]]
-            release_rows(p.probs, int(idx[0]), int(idx[-1]) + 1)
-        y = torch.from_numpy(labels[idx])
-        for k in range(len(weights)):
-            pred = (X * W[k][:, None, :]).sum(0).argmax(1)
-            wrong[k] += (pred != y).sum().item()
+    with tqdm(total=len(rows), unit="img", desc="held-out", disable=not progress, dynamic_ncols=True) as bar:
+        for lo, hi in _chunks(len(rows), chunk):
+            idx = rows[lo:hi]
+            X = torch.stack([_tensor(np.ascontiguousarray(p.probs[idx])).float() for p in preds])  # [M, b, C]
+            for p in preds:  # `rows` ascend: this chunk's rows lie in [idx[0], idx[-1]]
+                release_rows(p.probs, int(idx[0]), int(idx[-1]) + 1)
+            y = torch.from_numpy(labels[idx])
+            for k in range(len(weights)):
+                pred = (X * W[k][:, None, :]).sum(0).argmax(1)
+                wrong[k] += (pred != y).sum().item()
+            bar.update(hi - lo)
     return wrong / max(1, len(rows))
 
 
 def fit(preds: list[Preds], labels: np.ndarray, *, scaling: str = "power", grid: tuple | None = None,
         holdout: float = 0.3, min_count: int = 5, seed: int = 0, shrinks: tuple = (0.0,),
-        budget: int = CHUNK_BYTES) -> dict:
+        budget: int = CHUNK_BYTES, progress: bool = True) -> dict:
     """Choose the scaling value (and shrinkage, when several `shrinks` are given) on a held-out part, then
     fit the per-class weights on all fitting rows. The float16 memmaps are read in chunks of rows holding at
     most `budget` bytes of float32 (never [N, C] in float32: 30 GB at 150k x 50,030); the result does not
-    depend on `budget`."""
+    depend on `budget`. With nothing held out (every class a single image, or `holdout` 0) the held-out
+    errors are NaN and the first grid value is taken. `progress`: a bar for each of the two passes over the
+    rows (the arg-max of every row, the candidates' errors on the held-out rows)."""
     grid = tuple(grid or (POWERS if scaling == "power" else TEMPERATURES))
     shrinks = tuple(float(k) for k in shrinks)
     num_classes = preds[0].shape[1]
-    arg, finite = argmax_and_finite(preds, budget)
+    arg, finite = argmax_and_finite(preds, budget, progress)
     usable = np.flatnonzero(finite & (labels >= 0))
     if len(usable) == 0:
         raise ValueError("ensemble fit: no rows with a label and finite probabilities in every model")
@@ -284,8 +293,11 @@ def fit(preds: list[Preds], labels: np.ndarray, *, scaling: str = "power", grid:
     for k in shrinks:
         acc_a, _, _ = per_class_accuracy(arg[:, usable[~held]], y[~held], num_classes, min_count, k)
         candidates += [class_weights(acc_a, scaling, v) for v in grid]
-    errors = ensemble_errors(preds, usable[held], labels, candidates, budget) if held.any() else np.zeros(len(pairs))
-    best = int(np.argmin(errors))  # ties: the first (least shrinkage, smallest power / largest temperature)
+    if held.any():
+        errors = ensemble_errors(preds, usable[held], labels, candidates, budget, progress)
+        best = int(np.argmin(errors))  # ties: the first (least shrinkage, smallest power / largest temperature)
+    else:  # no class could spare an image (or holdout 0): errors unknown; the first value (power: the plain average)
+        errors, best = np.full(len(pairs), np.nan), 0
     shrink, value = pairs[best]
     acc, counts, global_acc = per_class_accuracy(arg[:, usable], y, num_classes, min_count, shrink)
     single = [(arg[m, usable[held]] != y[held]).mean() if held.any() else float("nan") for m in range(len(preds))]
@@ -438,10 +450,13 @@ def _fit_cli(args) -> int:
     preds = load_preds(args.preds)
     labels = load_labels(args.labels, preds, args.split)
     result = fit(preds, labels, scaling=args.scaling, holdout=args.holdout, min_count=args.min_count, seed=args.seed,
-                 shrinks=tuple(args.shrink))
+                 shrinks=tuple(args.shrink), progress=not args.no_progress)
     save_weights(result, args.out)
-    print(json.dumps({k: result[k] for k in ("scaling", "value", "shrink", "grid", "shrinks", "holdout_errors",
-                                              "single_model_holdout_errors", "fit_rows", "holdout_rows")}))
+    shown = {k: result[k] for k in ("scaling", "value", "shrink", "grid", "shrinks", "holdout_errors",
+                                    "single_model_holdout_errors", "fit_rows", "holdout_rows")}
+    for key in ("holdout_errors", "single_model_holdout_errors"):  # NaN (nothing held out): null in JSON
+        shown[key] = [None if np.isnan(e) else e for e in shown[key]]
+    print(json.dumps(shown))
     return 0
 
 
@@ -454,7 +469,7 @@ def _apply_cli(args) -> int:
     labels = load_labels(args.labels, preds, args.split) if args.labels else None
     summary = apply(preds, weights, args.out, topk=args.topk, save_probs=args.probs, chunk=args.chunk,
                     device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), labels=labels,
-                    threads=args.threads)
+                    threads=args.threads, progress=not args.no_progress)
     print(json.dumps(summary))
     return 0
 
@@ -473,6 +488,7 @@ def register(subparsers) -> None:
     f.add_argument("--shrink", type=float, nargs="+", default=[0.0],
                    help="pseudo-samples of global accuracy added per class; several values: chosen on the held-out part")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--no-progress", action="store_true", help="no progress bars (on stderr)")
     f.set_defaults(func=_fit_cli)
     a = sub.add_parser("apply", help="sum_m w[m, c] * P_m[n, c] and top-k")
     a.add_argument("--weights", required=True, help="W.npz from `ensemble fit`, or `uniform` (plain average)")
@@ -485,4 +501,5 @@ def register(subparsers) -> None:
     a.add_argument("--chunk", type=int, default=0, help="images per tile (default: 4 on CPU, 1024 on GPU)")
     a.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     a.add_argument("--device", default=None)
+    a.add_argument("--no-progress", action="store_true", help="no progress bar (on stderr)")
     a.set_defaults(func=_apply_cli)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from fastprod.data.loaders import Loader
 from fastprod.train.distributed import all_reduce, all_reduce_tensor
@@ -64,8 +65,10 @@ def shot_group_errors(wrong: np.ndarray, counted: np.ndarray, labels: np.ndarray
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Loader, num_samples: int, device: torch.device,
-             adjust: torch.Tensor | None = None) -> Evaluation:
-    """One whole pass of `loader` (an evaluation loader over a split of `num_samples`) through `model`. With
+             progress: str | None = None, adjust: torch.Tensor | None = None) -> Evaluation:
+    """One whole pass of `loader` (an evaluation loader over a split of `num_samples`) through `model`;
+    `progress`: the label of a progress bar over this rank's batches (None: no bar), left on the screen when
+    it is the only bar (clean's predictions), cleared when under the training bar (validation). With
     `adjust` [C] the predicted class is the arg-max of the logits minus it (post-hoc logit adjustment, Menon et
     al. 2021: adjust = tau·log prior); the label's probability and cross entropy stay the model's own."""
     offset = adjust.to(device) if adjust is not None else 0.0
@@ -73,14 +76,18 @@ def evaluate(model: torch.nn.Module, loader: Loader, num_samples: int, device: t
     was_training = model.training
     model.eval()
     rows = torch.zeros(4, num_samples, dtype=torch.float64, device=device)  # loaded, pred, conf, ce
-    for batch in loader:
-        log_probs = model(batch.images).float().log_softmax(-1)
-        label_log_prob = log_probs.gather(1, batch.labels[:, None]).squeeze(1).double()
-        idx = batch.indices.to(device)
-        rows[0, idx] = 1.0
-        rows[1, idx] = (log_probs - offset).argmax(-1).double()
-        rows[2, idx] = label_log_prob.exp()
-        rows[3, idx] = -label_log_prob
+    with tqdm(total=len(loader), desc=progress, unit="batch", disable=progress is None, dynamic_ncols=True,
+              leave=None) as bar:
+        for batch in loader:
+            log_probs = model(batch.images).float().log_softmax(-1)
+            label_log_prob = log_probs.gather(1, batch.labels[:, None]).squeeze(1).double()
+            idx = batch.indices.to(device)
+            rows[0, idx] = 1.0
+            rows[1, idx] = (log_probs - offset).argmax(-1).double()
+            rows[2, idx] = label_log_prob.exp()
+            rows[3, idx] = -label_log_prob
+            bar.update(loader.batches_done - bar.n)  # with the batches before it that failed whole
+        bar.update(loader.batches_done - bar.n)
     model.train(was_training)
     rows = all_reduce_tensor(rows).cpu().numpy()
     failures = int(all_reduce([loader.failures], device)[0])

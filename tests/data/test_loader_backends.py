@@ -291,6 +291,21 @@ def test_ffcv_refuses_a_beton_of_other_rows(dataset, tmp_path):
 
 
 @needs_ffcv
+def test_write_ffcv_shows_a_bar_per_split(dataset, tmp_path, capsys):
+    """As a user runs it: a bar labelled with the split's name over its images on stderr; none with --no-progress."""
+    import ffcv.writer
+    import tqdm
+
+    from fastprod.cli import main
+
+    args = ["write-ffcv", str(dataset.directory), "--out", str(tmp_path), "--splits", "train", "--workers", "1"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "train: 100%" in err and f"{N}/{N}" in err and "img/s" in err, err
+    assert main([*args, "--no-progress"]) == 0 and capsys.readouterr().err == ""
+    assert ffcv.writer.tqdm is tqdm.tqdm  # FFCV's own bar is put back
+
+@needs_ffcv
 def test_ffcv_fused_geometry_matches_the_op_by_op_pipeline(dataset, monkeypatch):
     from fastprod.data.loaders.ffcv import FFCVLoader
 

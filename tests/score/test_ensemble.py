@@ -149,6 +149,23 @@ def test_fit_ignores_unlabelled_and_missing_rows(tmp_path):
     assert result["fit_rows"] == len(labels) - 9
 
 
+def test_argmax_and_finite_flags_every_non_finite_row(tmp_path):
+    """NaN, +inf and -inf rows (alone or with others) are not finite, rows of float16's largest values are; the
+    arg-max of a finite row is numpy's, in chunks of 2 rows."""
+    from fastprod.score.ensemble import argmax_and_finite
+
+    rng = np.random.default_rng(4)
+    probs = random_probs(rng, 2, 9, 7)
+    probs[0, 1, 3], probs[1, 2, 0], probs[0, 4, 6] = np.nan, np.inf, -np.inf
+    probs[1, 6] = [np.inf, -np.inf, np.nan, 0, 0, 0, 0]
+    probs[:, 7] = np.finfo(np.float16).max  # finite, and a float16 sum of them would not be
+    preds = load_preds([write_preds(tmp_path / f"p{m}", probs[m]) for m in range(2)])
+    arg, finite = argmax_and_finite(preds, budget=4 * 3 * 7 * 2)
+    expected = np.isfinite(probs).all(axis=(0, 2))
+    np.testing.assert_array_equal(finite, expected)
+    assert finite.sum() == 5
+    np.testing.assert_array_equal(arg[:, expected], probs[:, expected].astype(np.float64).argmax(2))
+
 def test_ensemble_commands(tmp_path, capsys):
     from fastprod.cli import main
 
@@ -170,6 +187,23 @@ def test_ensemble_commands(tmp_path, capsys):
                  "--out", str(tmp_path / "x")]) == 2
     assert "shape" in one_error_line(capsys, "ensemble apply")
 
+
+def test_fit_and_apply_show_a_bar_per_pass_over_the_rows(tmp_path, capsys):
+    """As a user runs them: `ensemble fit` shows its arg-max pass over all 100 rows and its pass over the 30
+    held-out ones, `ensemble apply` its pass over the rows, on stderr; --no-progress shows none."""
+    from fastprod.cli import main
+
+    paths, _ = specialists(tmp_path, n_per_class=10)
+    preds = ["--preds", *map(str, paths)]
+    fit_args = ["ensemble", "fit", *preds, "--labels", str(paths[0]), "--out", str(tmp_path / "w.npz")]
+    apply_args = ["ensemble", "apply", "--weights", str(tmp_path / "w.npz"), *preds, "--out", str(tmp_path / "out")]
+    assert main(fit_args) == 0
+    err = capsys.readouterr().err
+    assert "arg-max: 100%" in err and "100/100" in err and "held-out: 100%" in err and "30/30" in err, err
+    assert main(apply_args) == 0
+    assert "ensemble: 100%" in capsys.readouterr().err
+    assert main([*fit_args, "--no-progress"]) == 0 and main([*apply_args, "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
 
 def test_preds_reject_mismatched_inputs(tmp_path):
     a = write_preds(tmp_path / "a", np.full((4, 3), 1 / 3))
@@ -299,6 +333,43 @@ def test_labels_from_a_manifest_are_matched_by_path(tmp_path, capsys):
     assert str(shuffled) in one_error_line(capsys, "ensemble apply")
 
 
+def float64_per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int, min_count: int,
+                               shrink: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference of `per_class_accuracy`, counted sample by sample (np.add.at) in float64: acc [M, C] is
+    (correct + K * global) / (count + K) for a class with at least min_count samples (and one), else the
+    model's global accuracy."""
+    counts = np.zeros(num_classes)
+    np.add.at(counts, labels, 1.0)
+    correct = np.zeros((len(pred), num_classes))
+    for m in range(len(pred)):
+        np.add.at(correct[m], labels, (pred[m] == labels).astype(np.float64))
+    global_acc = correct.sum(1) / len(labels)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        own = (correct + shrink * global_acc[:, None]) / (counts + shrink)
+    return np.where(counts >= max(1, min_count), own, global_acc[:, None]), counts, global_acc
+
+
+def float64_holdout_errors(probs: np.ndarray, labels: np.ndarray, held: np.ndarray, *, min_count: int,
+                           grid: list[float], shrinks: tuple[float, ...] = (0.0,), scaling: str = "power",
+                           rows_per_chunk: int = 1000) -> list[float]:
+    """What `fit` should report as its held-out errors, in float64 numpy: per (shrink, grid value), in fit's order,
+    the top-1 error on the held-out rows of sum_m w[m, c] * P_m[n, c], the weights from the float64 per-class
+    accuracy of the other rows (`probs` [M, N, C], every row usable)."""
+    arg = np.stack([p.argmax(1) for p in probs])
+    weights = []
+    for k in shrinks:
+        acc, _, _ = float64_per_class_accuracy(arg[:, ~held], labels[~held], probs.shape[2], min_count, k)
+        weights += [class_weights(acc, scaling, v) for v in grid]
+    rows = np.flatnonzero(held)
+    wrong = np.zeros(len(weights))
+    for lo in range(0, len(rows), rows_per_chunk):
+        idx = rows[lo:lo + rows_per_chunk]
+        x = probs[:, idx].astype(np.float64)
+        for j, w in enumerate(weights):
+            wrong[j] += (np.einsum("mnc,mc->nc", x, w).argmax(1) != labels[idx]).sum()
+    return (wrong / len(rows)).tolist()
+
+
 def test_fit_in_chunks_equals_one_chunk_and_a_float64_reference(tmp_path):
     """5,003 classes, the rows read in many small chunks or in one: the same choice, the same weights, and
     held-out errors equal to float64 numpy's on the same candidates."""
@@ -316,12 +387,8 @@ def test_fit_in_chunks_equals_one_chunk_and_a_float64_reference(tmp_path):
     assert chunked["holdout_errors"] == whole["holdout_errors"] and chunked["value"] == whole["value"]
     np.testing.assert_array_equal(chunked["weights"], whole["weights"])
 
-    p64 = probs.astype(np.float64)
-    arg = p64.argmax(2)
     held = stratified_holdout(labels, 0.3, seed=0)
-    acc, _, _ = per_class_accuracy(arg[:, ~held], labels[~held], C, 2)
-    expected = [(np.einsum("mnc,mc->nc", p64[:, held], class_weights(acc, "power", v)).argmax(1) != labels[held]).mean()
-                for v in chunked["grid"]]
+    expected = float64_holdout_errors(probs, labels, held, min_count=2, grid=chunked["grid"])
     np.testing.assert_allclose(chunked["holdout_errors"], expected, rtol=0, atol=1e-12)
     assert len(set(expected)) > 1  # the grid values differ, so the check has teeth
 
@@ -378,3 +445,109 @@ def test_fit_and_apply_hold_a_chunk_not_the_matrices(tmp_path):
     weights = fit(load_preds(paths), labels, holdout=0.3, min_count=2)["weights"]  # the same fit, here
     expected = sum(np.load(p).astype(np.float64) * w for p, w in zip(paths, weights))  # what apply wrote
     np.testing.assert_allclose(np.load(tmp_path / "out" / "probs.npy"), expected, rtol=2e-3, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def rare(tmp_path_factory):
+    """AliProducts' validation shape at a tenth of its classes: 5,003 classes of 1-3 images each (random per
+    class), 3 models' float16 score directories, and the models' arg-max classes. Model m picks the label of 80%
+    of the images of the classes c with c % 3 == m and of 40% elsewhere (else a random other class), with 0.3-0.6
+    on the class it picks over a background of under 1 / (2C) (drawn as float16 bit patterns: fast)."""
+    rng = np.random.default_rng(11)
+    M, C = 3, 5003
+    labels = rng.permutation(np.repeat(np.arange(C), rng.integers(1, 4, C)))
+    N = len(labels)
+    top = np.float16(0.5 / C).view(np.uint16)
+    probs = rng.integers(0, top, size=(M, N, C), dtype=np.uint16).view(np.float16)
+    for m in range(M):
+        hit = rng.random(N) < np.where(labels % M == m, 0.8, 0.4)
+        picked = np.where(hit, labels, (labels + rng.integers(1, C, N)) % C)
+        probs[m, np.arange(N), picked] = rng.uniform(0.3, 0.6, N)
+    root = tmp_path_factory.mktemp("rare")
+    paths = [write_preds(root / f"m{m}", probs[m], labels) for m in range(M)]
+    return paths, probs, labels, np.stack([p.argmax(1) for p in probs])
+
+
+def test_rare_classes_per_class_accuracy_falls_back_to_the_global_one(rare):
+    _, probs, labels, arg = rare
+    C = probs.shape[2]
+    sizes = np.bincount(labels, minlength=C)
+    assert set(sizes) == {1, 2, 3}
+    for min_count in (1, 2, 3):
+        for shrink in (0.0, 2.0):
+            acc, counts, global_acc = per_class_accuracy(arg, labels, C, min_count, shrink)
+            ref, ref_counts, ref_global = float64_per_class_accuracy(arg, labels, C, min_count, shrink)
+            np.testing.assert_array_equal(counts, ref_counts)
+            np.testing.assert_allclose(global_acc, ref_global, rtol=1e-12)
+            np.testing.assert_allclose(acc, ref, rtol=1e-12)
+            rare_classes = sizes < min_count
+            np.testing.assert_array_equal(acc[:, rare_classes], np.repeat(ref_global[:, None], rare_classes.sum(), 1))
+            assert rare_classes.any() == (min_count > 1)
+    own = per_class_accuracy(arg, labels, C, 2)[0][:, sizes >= 2]
+    assert set(np.unique(own)) == {0.0, 0.5, 1 / 3, 2 / 3, 1.0}  # two- and three-sample classes keep their own
+
+
+def test_rare_classes_holdout_never_takes_a_class_only_image(rare):
+    labels = rare[2]
+    sizes = np.bincount(labels)
+    for fraction in (0.3, 0.5):
+        for seed in (0, 1):
+            held = stratified_holdout(labels, fraction, seed)
+            taken = np.bincount(labels[held], minlength=len(sizes))
+            expected = np.where(sizes == 1, 0, np.rint(fraction * sizes))
+            np.testing.assert_array_equal(taken, expected)
+        assert (stratified_holdout(labels, fraction, 0) != held).any()  # the seed picks which images
+    np.testing.assert_array_equal(held, stratified_holdout(labels, 0.5, 1))  # and the same seed the same ones
+    held = stratified_holdout(labels, 0.9, 0)
+    assert (np.bincount(labels[~held], minlength=len(sizes)) == 1).all()  # a large fraction: one image stays
+
+
+def test_rare_classes_fit_matches_a_float64_reference(rare):
+    paths, probs, labels, arg = rare
+    grid, shrinks = (0.0, 2.0, 16.0), (0.0, 2.0)
+    result = fit(load_preds(paths), labels, holdout=0.3, min_count=2, shrinks=shrinks, grid=grid)
+    held = stratified_holdout(labels, 0.3, seed=0)
+    expected = float64_holdout_errors(probs, labels, held, min_count=2, grid=list(grid), shrinks=shrinks)
+    np.testing.assert_allclose(result["holdout_errors"], expected, rtol=0, atol=1e-12)
+    assert len(set(expected)) > 2 and result["holdout_rows"] == held.sum()
+    best = int(np.argmin(expected))
+    assert (result["shrink"], result["value"]) == (shrinks[best // len(grid)], grid[best % len(grid)])
+    acc, _, _ = float64_per_class_accuracy(arg, labels, probs.shape[2], 2, result["shrink"])
+    np.testing.assert_allclose(result["acc"], acc, rtol=1e-12)
+    np.testing.assert_allclose(result["weights"], class_weights(acc, "power", result["value"]), rtol=1e-6, atol=1e-7)
+
+
+def test_nothing_held_out_reports_no_errors(tmp_path, capsys):
+    """One image per class (or --holdout 0): no class can spare one, so nothing is held out. The held-out errors
+    are unknown (NaN, as the single models'), not 0.0, which would read as a perfect ensemble; the first grid value
+    (the plain average) is taken."""
+    from fastprod.cli import main
+
+    rng = np.random.default_rng(9)
+    labels = np.arange(40)
+    probs = random_probs(rng, 2, 40, 40)
+    paths = [write_preds(tmp_path / f"m{m}", probs[m], labels) for m in range(2)]
+    for holdout in (0.3, 0.0):
+        result = fit(load_preds(paths), labels, holdout=holdout, min_count=1, progress=False)
+        assert result["holdout_rows"] == 0 and np.isnan(result["holdout_errors"]).all()
+        assert np.isnan(result["single_model_holdout_errors"]).all() and result["value"] == 0.0
+        np.testing.assert_allclose(result["weights"], 0.5)
+    assert main(["ensemble", "fit", "--preds", *map(str, paths), "--labels", str(paths[0]),
+                 "--out", str(tmp_path / "w.npz"), "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["holdout_errors"] == [None] * 8  # null in the printed JSON
+
+def test_rare_classes_apply_gives_the_float64_top1(rare, tmp_path):
+    from fastprod.cli import main
+
+    paths, probs, labels, arg = rare
+    acc, _, _ = float64_per_class_accuracy(arg, labels, probs.shape[2], 2)
+    weights = class_weights(acc, "power", 4.0).astype(np.float32)
+    np.savez(tmp_path / "w.npz", weights=weights)
+    assert main(["ensemble", "apply", "--weights", str(tmp_path / "w.npz"), "--preds", *map(str, paths),
+                 "--out", str(tmp_path / "out"), "--threads", "2"]) == 0
+    pred = pq.read_table(tmp_path / "out" / "predictions.parquet", columns=["pred"])["pred"].to_numpy()
+    rows = np.sort(np.random.default_rng(0).choice(len(labels), 1000, replace=False))
+    total = np.einsum("mnc,mc->nc", probs[:, rows].astype(np.float64), weights.astype(np.float64))
+    np.testing.assert_array_equal(pred[rows], total.argmax(1))
+    top2 = np.sort(total, 1)[:, -2:]
+    assert (top2[:, 1] - top2[:, 0] > 1e-6).all()  # no near-tie that float32 sums could resolve otherwise

@@ -13,7 +13,7 @@ from fastprod.models import create_model
 from fastprod.train.evaluate import evaluate
 
 
-def test_evaluate_matches_a_plain_loop_and_leaves_out_images_that_fail(manifest_dir, tmp_path):
+def test_evaluate_matches_a_plain_loop_and_leaves_out_images_that_fail(manifest_dir, tmp_path, capsys):
     torch.manual_seed(0)
     model = create_model(ModelConfig(name="resnet10t", drop_rate=0.5), Manifest.load(manifest_dir).num_classes)
     good = Manifest.load(manifest_dir).split("val")
@@ -25,7 +25,14 @@ def test_evaluate_matches_a_plain_loop_and_leaves_out_images_that_fail(manifest_
     loader = create_loader(split, cfg, train=False)
     model.train()  # evaluate switches to eval mode and back
     result = evaluate(model, loader, len(split), torch.device("cpu"))
-    assert model.training
+    assert model.training and capsys.readouterr().err == ""
+    shown = evaluate(model, loader, len(split), torch.device("cpu"), progress="predict val")  # with its bar
+    err = capsys.readouterr().err
+    assert "predict val: 100%" in err and f"{len(loader)}/{len(loader)} " in err, err
+    np.testing.assert_array_equal(shown.pred, result.pred)
+    first_fails = SplitView("val", [paths[3]] * 5 + paths[5:], good.labels, good.image_ids)  # a whole batch
+    shown = evaluate(model, create_loader(first_fails, cfg, train=False), len(split), torch.device("cpu"), progress="x")
+    assert shown.failures == 5 and "x: 100%" in capsys.readouterr().err  # the failed batch counted too
 
     model.eval()
     loader.rewind()
@@ -48,7 +55,7 @@ def test_evaluate_matches_a_plain_loop_and_leaves_out_images_that_fail(manifest_
     # post-hoc logit adjustment: the arg-max of the logits minus tau·log prior; conf and loss stay the model's own
     prior = torch.arange(1, logits.shape[1] + 1, dtype=torch.float64)
     adjust = 3.0 * (prior / prior.sum()).log()  # tau 3: strong enough to move some predictions
-    adjusted = evaluate(model, loader, len(split), torch.device("cpu"), adjust.float())
+    adjusted = evaluate(model, loader, len(split), torch.device("cpu"), adjust=adjust.float())
     expected = (logits - adjust).argmax(1).numpy()
     np.testing.assert_array_equal(adjusted.pred[indices.numpy()], expected)
     assert (expected != logits.argmax(1).numpy()).any()  # the check has teeth
