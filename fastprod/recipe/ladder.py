@@ -63,6 +63,7 @@ TAIL_STEPS = [
     ("+ logit-adjusted loss, without dropout", "o2u", ["loss.logit_adjust_tau=1", "model.drop_rate=0"]),
     ("reference + logit-adjusted loss (tau 1)", "reference", ["loss.logit_adjust_tau=1"]),
     ("reference + logit-adjusted loss + O2U weights", "reference", ["loss.logit_adjust_tau=1", "o2u.enabled=true"]),
+    ("reference + class-aware sampling (sqrt)", "reference", ["data.sampler=sqrt"]),
 ]
 
 

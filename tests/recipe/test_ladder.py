@@ -53,8 +53,9 @@ def test_every_step_and_seed_ran_with_cumulative_settings(ladder):
                 augment = cfg.data.augment
                 assert augment.rotation_p == augment.hflip_p == augment.cutout_p == augment.perspective_p == 0
                 assert augment.crop_scale == augment.crop_ratio == (1.0, 1.0) and cfg.model.drop_rate == 0
-                assert cfg.loss.name == "ce" and cfg.data.sampler == "uniform"
-                assert cfg.o2u.enabled == (step == cleaning + 5) and cfg.loss.logit_adjust_tau == (step != "reference")
+                assert cfg.loss.name == "ce" and cfg.data.sampler == ("sqrt" if step == cleaning + 6 else "uniform")
+                assert cfg.o2u.enabled == (step == cleaning + 5)
+                assert cfg.loss.logit_adjust_tau == (step in (cleaning + 4, cleaning + 5))
                 continue
             tail = step > cleaning  # each tail step: the O2U step's settings and its own
             assert (cfg.data.augment.hflip_p > 0) == (step >= 1)
