@@ -57,10 +57,11 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_shipped_configs_load():
-    """Both load; the demo's dropout and loss come from the ladder, AliProducts' dropout from the seed."""
+    """Both load; the demo's dropout and sampler come from the ladder, AliProducts' dropout from the seed."""
     demo, ali = load_config("configs/demo.yaml"), load_config("configs/resnet34_aliproducts.yaml")
     assert demo.model.drop_rate == 0 and ali.model.drop_rate == 0.5
-    assert demo.loss.logit_adjust_tau == ali.loss.logit_adjust_tau == 1
+    assert demo.data.sampler == "sqrt" and demo.loss.logit_adjust_tau == 0
+    assert ali.data.sampler == "uniform" and ali.loss.logit_adjust_tau == 1
     assert demo.schedule.cycle_mult == ali.schedule.cycle_mult == 2
 
 
