@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import errno
 import functools
 import json
@@ -44,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from fastprod.data.images import MAX_ASPECT, MAX_PIXELS, ProbeResult, failed, probe_result
+from fastprod.data.images import MAX_ASPECT, MAX_PIXELS, ProbeResult, failed, probe_chunk
 from fastprod.data.manifest import CLASS_SIZES_PLOT, DatasetError, Manifest, write_quarantine
 from fastprod.data.pool import worker_pool
 from fastprod.files import atomic_write
@@ -77,6 +78,8 @@ _ESCAPED = re.compile(r"[\\\x00\ud800-\udfff]")  # what escape_name rewrites: th
 
 def name_problem(name: str) -> str:
     """Why `name` cannot be stored as text in quarantine.csv and the parquet files ("" when it can)."""
+    if not _UNSTORABLE.search(name):  # the usual case, one search: the cases below all match it
+        return ""
     if "\x00" in name:
         return "name contains a NUL byte (path stored escaped)"
     if re.search(r"[\udc80-\udcff]", name):  # how Python decodes the bytes of a file name that are not UTF-8
@@ -203,39 +206,39 @@ def _load_cache(file: Path, limits: dict[bytes, bytes]) -> dict[str, tuple[int, 
         return {}
     try:
         table = pq.read_table(file)
-        rows = table.cast(_CACHE_SCHEMA).to_pylist()
+        columns = [column.to_pylist() for column in table.cast(_CACHE_SCHEMA).columns]  # by column: no dict per row
     except (pa.ArrowException, OSError, ValueError) as err:
         warnings.warn(f"ignoring unreadable probe cache {file}: {err}")
         return {}
     if {k: v for k, v in (table.schema.metadata or {}).items() if k in limits} != limits:
         return {}
-    return {r["path"]: (r["size"], r["mtime_ns"], (r["width"], r["height"], r["format"], r["mode"], r["reason"])) for r in rows}
+    return {path: (size, mtime, tuple(result)) for path, size, mtime, *result in zip(*columns)}
 
 
 def _stat_entry(root: str, rel: str, real_dirs: dict[str, str], follow_symlinks: bool,
                 ) -> tuple[os.stat_result | None, str]:
     """(stat, "") for the file `root/rel`, or (None, why it cannot be probed): a name that cannot be stored,
     a missing file, a broken symlink, a symlink loop, or a path whose real location lies outside `root`
-    (a real, resolved path) unless `follow_symlinks`. Each folder is resolved once (`real_dirs`), so the
-    symlink check costs one lstat per file."""
+    (a real, resolved path ending in a separator) unless `follow_symlinks`. Each folder is resolved once
+    (`real_dirs`, by its path relative to the root), so the symlink check costs one lstat per file."""
     problem = name_problem(rel)
     if problem:
         return None, problem
-    path = os.path.join(root, rel)
-    parent, name = os.path.split(path)
+    folder, _, name = rel.rpartition("/")
     try:
-        if parent not in real_dirs:
-            real_dirs[parent] = os.path.realpath(parent, strict=True)
-        real = os.path.join(real_dirs[parent], name)
+        real_dir = real_dirs.get(folder)
+        if real_dir is None:
+            real_dir = real_dirs[folder] = os.path.join(os.path.realpath(root + folder, strict=True), "")
+        real = real_dir + name
         st = os.lstat(real)  # one system call for a plain file
         if stat.S_ISLNK(st.st_mode):
             real = os.path.realpath(real, strict=True)
             st = os.stat(real)
     except FileNotFoundError:
-        return None, "broken symlink" if os.path.islink(path) else "missing file"
+        return None, "broken symlink" if os.path.islink(root + rel) else "missing file"
     except OSError as err:
         return None, "symlink loop" if err.errno == errno.ELOOP else f"cannot stat: {err.strerror}"
-    if not follow_symlinks and not real.startswith(os.path.join(root, "")):
+    if not follow_symlinks and not real.startswith(root):
         return None, OUTSIDE_ROOT
     return st, ""
 
@@ -248,40 +251,39 @@ def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int, 
     rewritten for the current files."""
     limits = _cache_limits(max_aspect, max_pixels)
     cache = _load_cache(cache_file, limits)
-    probe_one = functools.partial(probe_result, max_aspect=max_aspect, max_pixels=max_pixels)
     results: list[ProbeResult | None] = [None] * len(entries)
     stats: dict[int, tuple[str, int, int]] = {}
     real_dirs: dict[str, str] = {}
     missing = 0
+    root_dir = os.path.join(root, "")
     for i, e in enumerate(entries):
-        st, reason = _stat_entry(str(root), e.path, real_dirs, follow_symlinks)
+        st, reason = _stat_entry(root_dir, e.path, real_dirs, follow_symlinks)
         if st is None:
             results[i] = failed(reason)
             missing += reason in ("missing file", "broken symlink")
             continue
-        path = os.path.join(root, e.path)
+        path = root_dir + e.path
         stats[i] = (path, st.st_size, st.st_mtime_ns)
         hit = cache.get(path)
         if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
             results[i] = hit[2]
     todo = [i for i in stats if results[i] is None]
     paths = [stats[i][0] for i in todo]
-    with tqdm(total=len(paths), desc="probe", unit="img", disable=not paths) as bar:
-        if workers <= 1 or len(paths) < 2:
-            probed = (probe_one(p) for p in paths)
-            for i, result in zip(todo, probed):
+    # a pool task is a chunk of paths and its result one list: one message each way, and the parent
+    # handles a list per chunk rather than a result per image
+    size = max(1, min(256, len(paths) // (workers * 16)))
+    chunks = [paths[k:k + size] for k in range(0, len(paths), size)]
+    probe = functools.partial(probe_chunk, max_aspect=max_aspect, max_pixels=max_pixels)
+    parallel = workers > 1 and len(chunks) > 1
+    with (tqdm(total=len(paths), desc="probe", unit="img", disable=not paths) as bar,
+          worker_pool(workers) if parallel else contextlib.nullcontext() as pool):
+        for start, chunk_results in zip(range(0, len(paths), size), pool.imap(probe, chunks) if parallel else map(probe, chunks)):
+            for i, result in zip(todo[start:start + size], chunk_results):
                 results[i] = result
-                bar.update()
-        else:
-            with worker_pool(workers) as pool:
-                chunk = max(1, min(256, len(paths) // (workers * 16)))
-                for i, result in zip(todo, pool.imap(probe_one, paths, chunksize=chunk)):
-                    results[i] = result
-                    bar.update()
+            bar.update(len(chunk_results))
 
-    rows = [(*stats[i], *results[i]) for i in sorted(stats)]
-    table = pa.table({f.name: [r[k] for r in rows] for k, f in enumerate(_CACHE_SCHEMA)},
-                     schema=_CACHE_SCHEMA.with_metadata(limits))
+    rows = [(*stats[i], *results[i]) for i in stats]  # entry order: stats was filled in it
+    table = pa.table(list(zip(*rows)) or [[] for _ in _CACHE_SCHEMA], schema=_CACHE_SCHEMA.with_metadata(limits))
     atomic_write(cache_file, lambda tmp: pq.write_table(table, tmp))
     counts = {"probed": len(todo), "cached": len(stats) - len(todo), "missing": missing}
     return results, counts  # type: ignore[return-value]
