@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 PROBE_CACHE = "probe_cache.parquet"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+_IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS)
 _CACHE_SCHEMA = pa.schema([
     ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("width", pa.int32()),
     ("height", pa.int32()), ("format", pa.string()), ("mode", pa.string()), ("reason", pa.string()),
@@ -137,7 +138,8 @@ def _read_split_json(file: Path, split: str, labelled: bool) -> list[Entry]:
 
 
 def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    # the extension splitext would find: without a leading dot, the last dot is the one of the suffix
+    return not name.startswith(".") and name.lower().endswith(_IMAGE_SUFFIXES)
 
 
 def _kind(entry: os.DirEntry) -> str:
@@ -368,7 +370,7 @@ def prepare(root: str | Path, out: str | Path, *, workers: int | None = None, va
                            f"see {out / 'quarantine.csv'})")
 
     # every class listed, even one whose images were all quarantined, except names that cannot be stored
-    class_ids = sorted({e.class_id for e in entries if e.split in ("train", "val") and not name_problem(e.class_id)})
+    class_ids = sorted(c for c in {e.class_id for e in entries if e.split in ("train", "val")} if not name_problem(c))
     index = {c: i for i, c in enumerate(class_ids)}
     columns = {
         "path": [e.path for e, _ in good], "image_id": [e.image_id for e, _ in good],
