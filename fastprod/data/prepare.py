@@ -214,7 +214,8 @@ def _load_cache(file: Path, limits: dict[bytes, bytes]) -> dict[str, tuple[int, 
         return {}
     if {k: v for k, v in (table.schema.metadata or {}).items() if k in limits} != limits:
         return {}
-    return {path: (size, mtime, tuple(result)) for path, size, mtime, *result in zip(*columns)}
+    paths, sizes, mtimes, *result_columns = columns
+    return {path: (size, mtime, result) for path, size, mtime, result in zip(paths, sizes, mtimes, zip(*result_columns))}
 
 
 def _stat_entry(root: str, rel: str, real_dirs: dict[str, str], follow_symlinks: bool,
