@@ -28,6 +28,7 @@ import collections
 import contextlib
 import errno
 import functools
+import gc
 import json
 import math
 import os
@@ -36,6 +37,7 @@ import stat
 import sys
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -339,6 +341,22 @@ def plot_class_sizes(sizes: np.ndarray, file: Path, title: str) -> Figure:
     return fig
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause CPython's cycle collector (reference counting still frees every object as before). Indexing
+    holds a few objects per image (entries, stats, results) and makes no reference cycles, yet each
+    collection of the oldest generation rescans all of them: a quarter of the parent's time at 100,000
+    images. Collection resumes afterwards as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@_cyclic_gc_paused()
 def prepare(root: str | Path, out: str | Path, *, workers: int | None = None, val_fraction: float = 0.0, seed: int = 0,
             max_aspect: float = MAX_ASPECT, max_pixels: int = MAX_PIXELS, follow_symlinks: bool = False) -> Manifest:
     """Index, probe and quarantine the dataset at `root` and write the prepared dataset to `out`."""
