@@ -39,6 +39,7 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -253,39 +254,57 @@ def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int, 
     """Probe every entry (in parallel, reusing cached results for unchanged files probed under the same
     limits); returns the results in entry order and counts {"probed", "cached", "missing"} (missing: files
     or symlink targets that do not exist). Entries `_stat_entry` refuses are not probed. The cache is
-    rewritten for the current files."""
+    rewritten for the current files.
+
+    A pool task is a chunk of paths and its result one list (one message each way, handled per chunk by
+    the parent). Chunks go to the pool as the stat pass fills them, from the second on, so that the
+    workers decode while the parent stats the rest (at millions of files, seconds of serial work);
+    they are sized from the entry count, the number to probe being known only at the end."""
     limits = _cache_limits(max_aspect, max_pixels)
     cache = _load_cache(cache_file, limits)
+    probe = functools.partial(probe_chunk, max_aspect=max_aspect, max_pixels=max_pixels)
+    size = max(1, min(256, len(entries) // (workers * 16)))
     results: list[ProbeResult | None] = [None] * len(entries)
     stats: dict[int, tuple[str, int, int]] = {}
     real_dirs: dict[str, str] = {}
+    todo: list[int] = []  # the entries to probe, in order; chunk k is todo[k * size:(k + 1) * size]
+    sent: list[AsyncResult] = []  # the pending result of each chunk sent to the pool, in order
     missing = 0
     root_dir = os.path.join(root, "")
-    for i, e in enumerate(entries):
-        st, reason = _stat_entry(root_dir, e.path, real_dirs, follow_symlinks)
-        if st is None:
-            results[i] = failed(reason)
-            missing += reason in ("missing file", "broken symlink")
-            continue
-        path = root_dir + e.path
-        stats[i] = (path, st.st_size, st.st_mtime_ns)
-        hit = cache.get(path)
-        if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
-            results[i] = hit[2]
-    todo = [i for i in stats if results[i] is None]
-    paths = [stats[i][0] for i in todo]
-    # a pool task is a chunk of paths and its result one list: one message each way, and the parent
-    # handles a list per chunk rather than a result per image
-    size = max(1, min(256, len(paths) // (workers * 16)))
-    chunks = [paths[k:k + size] for k in range(0, len(paths), size)]
-    probe = functools.partial(probe_chunk, max_aspect=max_aspect, max_pixels=max_pixels)
-    parallel = workers > 1 and len(chunks) > 1
-    with (tqdm(total=len(paths), desc="probe", unit="img", disable=not paths) as bar,
-          worker_pool(workers) if parallel else contextlib.nullcontext() as pool):
-        for start, chunk_results in zip(range(0, len(paths), size), pool.imap(probe, chunks) if parallel else map(probe, chunks)):
-            for i, result in zip(todo[start:start + size], chunk_results):
-                results[i] = result
-            bar.update(len(chunk_results))
+
+    def chunk(k: int) -> list[str]:
+        return [stats[i][0] for i in todo[k * size:(k + 1) * size]]
+
+    with contextlib.ExitStack() as stack:
+        pool = None
+        for i, e in enumerate(entries):
+            st, reason = _stat_entry(root_dir, e.path, real_dirs, follow_symlinks)
+            if st is None:
+                results[i] = failed(reason)
+                missing += reason in ("missing file", "broken symlink")
+                continue
+            path = root_dir + e.path
+            stats[i] = (path, st.st_size, st.st_mtime_ns)
+            hit = cache.get(path)
+            if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
+                results[i] = hit[2]
+                continue
+            todo.append(i)
+            if workers > 1 and len(todo) % size == 0 and len(todo) >= 2 * size:  # two chunks full: worth a pool
+                if pool is None:
+                    pool = stack.enter_context(worker_pool(workers))
+                sent += [pool.apply_async(probe, (chunk(k),)) for k in range(len(sent), len(todo) // size)]
+        chunks = -(-len(todo) // size)
+        if pool is None:  # fewer than two chunks, or one worker
+            probed = (probe(chunk(k)) for k in range(chunks))
+        else:
+            sent += [pool.apply_async(probe, (chunk(k),)) for k in range(len(sent), chunks)]
+            probed = (pending.get() for pending in sent)
+        with tqdm(total=len(todo), desc="probe", unit="img", disable=not todo) as bar:
+            for k, chunk_results in enumerate(probed):
+                for i, result in zip(todo[k * size:(k + 1) * size], chunk_results):
+                    results[i] = result
+                bar.update(len(chunk_results))
 
     rows = [(*stats[i], *results[i]) for i in stats]  # entry order: stats was filled in it
     table = pa.table(list(zip(*rows)) or [[] for _ in _CACHE_SCHEMA], schema=_CACHE_SCHEMA.with_metadata(limits))
