@@ -257,9 +257,10 @@ def probe_all(root: Path, entries: list[Entry], cache_file: Path, workers: int, 
     rewritten for the current files.
 
     A pool task is a chunk of paths and its result one list (one message each way, handled per chunk by
-    the parent). Chunks go to the pool as the stat pass fills them, from the second on, so that the
-    workers decode while the parent stats the rest (at millions of files, seconds of serial work);
-    they are sized from the entry count, the number to probe being known only at the end."""
+    the parent). Once two chunks are full the pool starts, and chunks go to it as the stat pass fills
+    them, so that the workers decode while the parent stats the rest (at millions of files, seconds of
+    serial work); fewer are probed in the parent. Chunks are sized from the entry count, the number to
+    probe being known only at the end."""
     limits = _cache_limits(max_aspect, max_pixels)
     cache = _load_cache(cache_file, limits)
     probe = functools.partial(probe_chunk, max_aspect=max_aspect, max_pixels=max_pixels)
