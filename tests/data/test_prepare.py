@@ -211,6 +211,25 @@ def test_missing_or_empty_root(tmp_path):
         prepare(tmp_path / "empty", tmp_path / "m")
 
 
+def test_cycle_collector_state_restored(ali_root, tmp_path):
+    """prepare pauses the cycle collector while it indexes; the caller gets it back as it was, after a
+    run, after a DatasetError, and still off when the caller had turned it off."""
+    import gc
+
+    assert gc.isenabled()
+    prepare(ali_root, tmp_path / "m", workers=1)
+    assert gc.isenabled()
+    with pytest.raises(DatasetError):
+        prepare(tmp_path / "nope", tmp_path / "m")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        prepare(ali_root, tmp_path / "m", workers=1)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_cli_synth_then_prepare(tmp_path, capsys):
     from fastprod.cli import main
 
