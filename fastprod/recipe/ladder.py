@@ -64,6 +64,7 @@ TAIL_STEPS = [
     ("reference + logit-adjusted loss (tau 1)", "reference", ["loss.logit_adjust_tau=1"]),
     ("reference + logit-adjusted loss + O2U weights", "reference", ["loss.logit_adjust_tau=1", "o2u.enabled=true"]),
     ("reference + class-aware sampling (sqrt)", "reference", ["data.sampler=sqrt"]),
+    ("+ O2U scores standardised over all samples, not per class", "o2u", ["o2u.per_class=false"]),
 ]
 
 
@@ -132,9 +133,6 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
     rows = [row(REFERENCE[0], "reference", [cfg_for("reference", seed, []) for seed in range(seeds)])]
     rows += [row(name, step, [cfg_for(step, seed, []) for seed in range(seeds)]) for step, (name, _) in enumerate(STEPS)]
     noisy = set(json.loads(noise_file.read_text())) if noise_file else set()
-    if noisy:  # how well the O2U score finds the injected noise, per cycle (seed 0)
-        cycles = sorted((out / f"step-{last}" / "seed-0" / "o2u").glob("cycle-*.csv"), key=lambda p: int(p.stem[6:]))
-        rows[1 + last]["o2u_noise_detection"] = [noise_detection(csv, noisy) for csv in cycles]
     report = clean(cfg_for(last, 0, [f"run.dir={out / 'clean'}"]), dist, out=out / "clean", k=k, noise=noise_file)
     lr = cfg_for(last, 0, []).optim.lr / 10
     finetunes = [cfg_for(last + 1, seed, [
@@ -144,6 +142,10 @@ def run_ladder(config: Path, overrides: list[str], out: Path, dist: Dist, manife
     rows.append(row(f"{CLEANING[0]} (top-{k} per class)", last + 1, finetunes, cleaning=report))
     rows += [row(name, step, [cfg_for(step, seed, []) for seed in range(seeds)])
              for step, (name, *_) in enumerate(TAIL_STEPS, start=last + 2)]
+    for r in rows:  # how well each O2U step's score and weights find the noise, per cycle (seed 0)
+        cycles = sorted((Path(r["run"]) / "seed-0" / "o2u").glob("cycle-*.csv"), key=lambda p: int(p.stem[6:]))
+        if noisy and cycles:
+            r["o2u_noise_detection"] = [noise_detection(csv, noisy) for csv in cycles]
     for r in rows:  # why a step helps or not: what the final models fit and where they err
         per_seed = [diagnose(Path(r["run"]) / f"seed-{seed}", manifest, noisy, dist) for seed in range(seeds)]
         r["diagnosis"] = {key: float(np.mean([d[key] for d in per_seed])) if per_seed[0][key] is not None else None
@@ -198,10 +200,15 @@ def write_table(rows: list[dict], out: Path, setup: str) -> str:
                      f"{' / '.join(percent(d[f'val_error_{name}']) for name in SHOT_GROUPS)} | "
                      f"{percent(d['val_error_posthoc'])} / {percent(d['val_error_posthoc_few'])} | "
                      f"{percent(d['noisy_fitted'])} | {percent(d['clean_train_error'])} |")
-    detection = next((r["o2u_noise_detection"] for r in rows if r.get("o2u_noise_detection")), None)
-    if detection:
-        lines += ["", "O2U score vs the injected noise (seed 0), AUROC per SGDR cycle: "
-                  + ", ".join(f"{d['auroc']:.3f}" for d in detection if d["auroc"] is not None)]
+    def aurocs(detection: list[dict], key: str) -> str:
+        return ", ".join(f"{d[key]:.3f}" for d in detection if d[key] is not None)
+
+    detected = [r for r in rows if r.get("o2u_noise_detection")]
+    if detected:
+        lines += ["", "O2U vs the injected noise (seed 0), AUROC per SGDR cycle of the score / of the weights the next "
+                  "cycle applies:"]
+        lines += [f"- {r['step']}: {aurocs(r['o2u_noise_detection'], 'auroc')} / "
+                  f"{aurocs(r['o2u_noise_detection'], 'weight_auroc')}" for r in detected]
     cleaning = next((r["cleaning"] for r in rows if r.get("cleaning")), {})
     if cleaning.get("noisy") is not None:
         lines += ["", f"Cleaning removed {cleaning['noisy_removed']} of {cleaning['noisy']} noisy training labels and "

@@ -109,22 +109,30 @@ def class_means(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (sums / counts.clamp(min=1))[labels]
 
 
-def noise_detection(score_csv: Path, noisy_ids: set[str]) -> dict:
-    """How well a cycle's scores find the injected noise (`fastprod synth`'s noise.json, which
-    training never reads): AUROC of the score, and precision = recall at the top-|noisy| scores."""
-    with open(score_csv) as f:
-        rows = [r for r in csv.DictReader(f) if r["score"] != "nan"]
-    scores = np.array([float(r["score"]) for r in rows])
-    noisy = np.array([r["image_id"] in noisy_ids for r in rows])
-    n_pos, n_neg = int(noisy.sum()), int((~noisy).sum())
-    if n_pos == 0 or n_neg == 0:
-        return {"samples": len(rows), "noisy": n_pos, "auroc": None, "precision_at_k": None}
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The probability that a positive scores above a negative (ties count half), by rank sums."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     ranks = np.empty(len(scores))
-    order = np.argsort(scores, kind="stable")
-    ranks[order] = np.arange(1, len(scores) + 1)
+    ranks[np.argsort(scores, kind="stable")] = np.arange(1, len(scores) + 1)
     for value in np.unique(scores):  # average ranks over ties
         tied = scores == value
         ranks[tied] = ranks[tied].mean()
-    auroc = (ranks[noisy].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    top = order[::-1][:n_pos]
-    return {"samples": len(rows), "noisy": n_pos, "auroc": float(auroc), "precision_at_k": float(noisy[top].mean())}
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def noise_detection(score_csv: Path, noisy_ids: set[str]) -> dict:
+    """How well a cycle's scores find the injected noise (`fastprod synth`'s noise.json, which
+    training never reads): AUROC of the raw score, precision = recall at the top-|noisy| scores, and the
+    AUROC of the weights the next cycle applies (low weight = noisy; with `o2u.per_class` they rank
+    samples within their class, so the two differ when the noise is uneven across classes)."""
+    with open(score_csv) as f:
+        rows = [r for r in csv.DictReader(f) if r["score"] != "nan"]
+    scores = np.array([float(r["score"]) for r in rows])
+    weights = np.array([float(r["weight"]) for r in rows])
+    noisy = np.array([r["image_id"] in noisy_ids for r in rows])
+    n_pos = int(noisy.sum())
+    if n_pos == 0 or n_pos == len(rows):
+        return {"samples": len(rows), "noisy": n_pos, "auroc": None, "precision_at_k": None, "weight_auroc": None}
+    top = np.argsort(scores, kind="stable")[::-1][:n_pos]
+    return {"samples": len(rows), "noisy": n_pos, "auroc": _auroc(scores, noisy),
+            "precision_at_k": float(noisy[top].mean()), "weight_auroc": _auroc(-weights, noisy)}

@@ -64,6 +64,7 @@ def test_every_step_and_seed_ran_with_cumulative_settings(ladder):
             assert (cfg.loss.name == "sce") == (step >= 4)
             assert cfg.o2u.enabled == (step == 5 or tail)
             assert (cfg.data.sampler == "sqrt") == (step == cleaning + 1)
+            assert cfg.o2u.per_class == (step != cleaning + 7)
             assert (cfg.loss.logit_adjust_tau == 1) == (step in (cleaning + 2, cleaning + 3))
     finetune = load_config(out / f"step-{len(STEPS)}" / "seed-1" / "resolved.yaml")
     assert finetune.model.init_from == str(out / f"step-{len(STEPS) - 1}" / "seed-1" / "final" / "model.pt")
@@ -75,6 +76,10 @@ def test_every_step_and_seed_ran_with_cumulative_settings(ladder):
         assert r["diagnosis"]["noisy_fitted"] is not None and r["diagnosis"]["val_error_few"] is not None
     detection = rows[len(STEPS) - 1]["o2u_noise_detection"]  # one SGDR cycle in one epoch
     assert len(detection) == 1 and detection[0]["samples"] == 48 and "AUROC per SGDR cycle" in table
+    with_o2u = [r["step"] for r in rows if r.get("o2u_noise_detection")]  # every step with O2U, and only those
+    assert with_o2u == [STEPS[-1][0], *(name for name, base, own in TAIL_STEPS
+                                        if base == "o2u" or "o2u.enabled=true" in own)]
+    assert all(f"- {name}: " in table for name in with_o2u)
     assert "Cleaning removed" in table and "post-hoc logit adjustment" in table  # cleaning is no longer the last row
 
 

@@ -80,14 +80,19 @@ def test_noise_detection_against_pairwise_auroc(tmp_path):
     noisy = rng.random(n) < 0.3
     scores = rng.normal(size=n) + 1.5 * noisy
     scores[:4] = 0.25  # ties
+    weights = 2 / (1 + np.exp(rng.normal(size=n) + noisy))  # lower for the noisy ones, on another ranking
+    weights[5:8] = 1.0  # ties
     path = tmp_path / "cycle-0.csv"
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "image_id", "label", "score", "weight"])
-        writer.writerows((i, f"{i}.jpg", 0, s, 1.0) for i, s in enumerate(scores))
+        writer.writerows((i, f"{i}.jpg", 0, s, w) for i, (s, w) in enumerate(zip(scores, weights)))
     report = noise_detection(path, {f"{i}.jpg" for i in np.flatnonzero(noisy)})
-    pos, neg = scores[noisy], scores[~noisy]
-    pairwise = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
-    assert report["auroc"] == pytest.approx(pairwise)
+
+    def pairwise(pos, neg):
+        return np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+    assert report["auroc"] == pytest.approx(pairwise(scores[noisy], scores[~noisy]))
+    assert report["weight_auroc"] == pytest.approx(pairwise(-weights[noisy], -weights[~noisy]))
+    assert report["weight_auroc"] != pytest.approx(report["auroc"])
     k = int(noisy.sum())
     assert report["precision_at_k"] == pytest.approx(noisy[np.argsort(-scores, kind="stable")[:k]].mean())
