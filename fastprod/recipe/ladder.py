@@ -265,6 +265,6 @@ def register(subparsers) -> None:
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=10, help="kept samples per class in the balanced subset")
-    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, default=2, help="training seeds per step (the table shows their mean)")
     parser.set_defaults(func=run)
