@@ -59,6 +59,7 @@ def test_readme_commands_run_as_written(tmp_path):
     assert finetuned["loss"] == run["loss"] and finetuned["o2u"] == run["o2u"]  # the run's settings, kept
     assert finetuned["model"] == {**run["model"], "init_from": "runs/recipe/final/model.pt"}
     assert finetuned["optim"] == {**run["optim"], "lr": pytest.approx(run["optim"]["lr"] / 10)}
+    assert finetuned["schedule"]["epochs"] == 6  # finetune's default, chosen on the ladder
     assert len(json.loads((tmp_path / "engines/recipe/engine.json").read_text())["checkpoints"]) == 2  # 2 SGDR snapshots
     probs = {}
     for name in ("demo", "recipe", "finetune"):
