@@ -179,9 +179,9 @@ def _chunks(n: int, chunk: int):
         yield lo, min(n, lo + chunk)
 
 
-def rows_per_chunk(floats_per_row: int, budget: int = CHUNK_BYTES) -> int:
-    """Rows of `floats_per_row` float32 values that fit in `budget` bytes (at least one)."""
-    return max(1, budget // (4 * floats_per_row))
+def rows_per_chunk(bytes_per_row: int, budget: int = CHUNK_BYTES) -> int:
+    """Rows of `bytes_per_row` bytes that fit in `budget` bytes (at least one)."""
+    return max(1, budget // bytes_per_row)
 
 
 def argmax_and_finite(preds: list[Preds], budget: int = CHUNK_BYTES, progress: bool = False
@@ -191,7 +191,7 @@ def argmax_and_finite(preds: list[Preds], budget: int = CHUNK_BYTES, progress: b
     its float64 sum is: C float32 values cannot overflow it, and NaN or inf make it NaN or inf (one reduction
     instead of an elementwise mask, which cost more than the rest of the pass)."""
     n, C = preds[0].shape
-    chunk = rows_per_chunk(3 * C, budget)
+    chunk = rows_per_chunk(4 * 3 * C, budget)  # the float32 chunk, its NaN-free copy and the sums
     arg = np.empty((len(preds), n), dtype=np.int64)
     finite = np.ones(n, dtype=bool)
     with tqdm(total=n, unit="img", desc="arg-max", disable=not progress, dynamic_ncols=True) as bar:
@@ -254,7 +254,7 @@ def ensemble_errors(preds: list[Preds], rows: np.ndarray, labels: np.ndarray, we
     float32, their weighted products and sum fit in `budget` bytes."""
     W = torch.from_numpy(np.stack(weights)).float()  # [K, M, C]
     M, C = len(preds), preds[0].shape[1]
-    chunk = rows_per_chunk((2 * M + 1) * C, budget)
+    chunk = rows_per_chunk(4 * (2 * M + 1) * C, budget)  # float32: the models, their products, the sum
     wrong = np.zeros(len(weights))
     with tqdm(total=len(rows), unit="img", desc="held-out", disable=not progress, dynamic_ncols=True) as bar:
         for lo, hi in _chunks(len(rows), chunk):
@@ -407,7 +407,7 @@ def weighted_sum_topk(preds: list[Preds], w: np.ndarray, mm: np.ndarray | None, 
     n, C = preds[0].shape
     top_p = np.empty((n, k), dtype=np.float32)
     top_i = np.empty((n, k), dtype=np.int32)
-    slab = max(1, budget // (2 * (len(preds) + 1) * C))  # rows per kernel call: the progress bar's step
+    slab = rows_per_chunk(2 * (len(preds) + 1) * C, budget)  # float16 inputs and output; the progress bar's step
     bar = tqdm(total=n, unit="img", desc="ensemble", disable=not progress, dynamic_ncols=True)
 
     def release(lo: int, hi: int) -> None:  # resident memory stays one slab of every matrix
@@ -432,8 +432,9 @@ def weighted_sum_topk(preds: list[Preds], w: np.ndarray, mm: np.ndarray | None, 
             numba.set_num_threads(saved)
     else:
         wt = torch.from_numpy(w).to(device)
-        for lo in range(0, n, min(slab, chunk or 1024)):
-            hi = min(n, lo + min(slab, chunk or 1024))
+        step = min(slab, chunk or 1024)
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
             v, i, total = weighted_topk_torch([p.probs for p in preds], wt, lo, hi, k)
             top_p[lo:hi], top_i[lo:hi] = v.cpu().numpy(), i.cpu().numpy()
             if mm is not None:
